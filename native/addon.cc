@@ -1,0 +1,712 @@
+// ovl native addon: the system calls and nothing else.
+//
+// Every export returns a Promise; the call itself runs on the libuv thread pool. errno is read right
+// after the failing call and the promise is rejected with plain data ({ errno, syscall, ... }), which
+// src/errors.ts turns into a Node-style Error. All argument checking beyond "is this the right type"
+// lives in TypeScript; the type checks here only keep bad JavaScript from crashing the process.
+
+#include <napi.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// --- constants the system headers may lack -------------------------------------------------------
+
+#ifndef SYS_fsopen
+#define SYS_fsopen 430
+#endif
+#ifndef SYS_fsconfig
+#define SYS_fsconfig 431
+#endif
+#ifndef SYS_fsmount
+#define SYS_fsmount 432
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_statmount
+#define SYS_statmount 457
+#endif
+
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x00004000U
+#endif
+
+namespace {
+
+constexpr unsigned kFsopenCloexec = 0x00000001;
+constexpr unsigned kFsmountCloexec = 0x00000001;
+constexpr unsigned kMoveMountFEmptyPath = 0x00000004;
+constexpr unsigned kFsconfigSetFlag = 0;
+constexpr unsigned kFsconfigSetString = 1;
+constexpr unsigned kFsconfigSetFd = 5;
+constexpr unsigned kFsconfigCmdCreate = 6;
+
+// uapi/linux/mount.h (6.8+); declared here because the build machine's headers predate it.
+struct MntIdReq {
+  uint32_t size;
+  uint32_t spare;
+  uint64_t mnt_id;
+  uint64_t param;
+  uint64_t mnt_ns_id;
+};
+constexpr uint32_t kMntIdReqSizeVer0 = 24;
+
+struct StatMountBuf {
+  uint32_t size;
+  uint32_t mnt_opts;
+  uint64_t mask;
+  uint32_t sb_dev_major;
+  uint32_t sb_dev_minor;
+  uint64_t sb_magic;
+  uint32_t sb_flags;
+  uint32_t fs_type;
+  uint64_t mnt_id;
+  uint64_t mnt_parent_id;
+  uint32_t mnt_id_old;
+  uint32_t mnt_parent_id_old;
+  uint64_t mnt_attr;
+  uint64_t mnt_propagation;
+  uint64_t mnt_peer_group;
+  uint64_t mnt_master;
+  uint64_t propagate_from;
+  uint32_t mnt_root;
+  uint32_t mnt_point;
+  uint64_t mnt_ns_id;
+  uint32_t fs_subtype;
+  uint32_t sb_source;
+  uint32_t opt_num;
+  uint32_t opt_array;
+  uint32_t opt_sec_num;
+  uint32_t opt_sec_array;
+  uint64_t supported_mask;
+  uint32_t mnt_uidmap_num;
+  uint32_t mnt_uidmap;
+  uint32_t mnt_gidmap_num;
+  uint32_t mnt_gidmap;
+  uint64_t spare2[43];
+  char str[];
+};
+
+constexpr uint64_t kStatmountSbBasic = 0x1;
+constexpr uint64_t kStatmountMntBasic = 0x2;
+constexpr uint64_t kStatmountPropagateFrom = 0x4;
+constexpr uint64_t kStatmountMntRoot = 0x8;
+constexpr uint64_t kStatmountMntPoint = 0x10;
+constexpr uint64_t kStatmountFsType = 0x20;
+constexpr uint64_t kStatmountFsSubtype = 0x100;
+constexpr uint64_t kStatmountSbSource = 0x200;
+constexpr uint64_t kStatmountOptArray = 0x400;
+
+// --- small helpers ---------------------------------------------------------------------------------
+
+// A failed system call, as plain data for the rejection.
+struct SysError {
+  int err = 0;
+  std::string syscall;
+  std::string path;          // the path the call was about, if any
+  int step = -1;             // index of the fsconfig step that failed, if any
+  std::vector<std::string> messages;  // fs-context log ("e overlay: ..."), if any
+};
+
+// Closes a file descriptor when it goes out of scope (on every exit path of a worker).
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() { reset(); }
+  int get() const { return fd_; }
+  void reset(int fd = -1) {
+    if (fd_ >= 0) close(fd_);
+    fd_ = fd;
+  }
+
+ private:
+  int fd_;
+};
+
+bool HasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
+
+// More entries than any real call needs (the kernel takes at most 500 layers); refusing early keeps a
+// sparse `new Array(1e9)` from exhausting memory.
+constexpr uint32_t kMaxArrayLength = 65536;
+
+bool CheckArray(Napi::Env env, Napi::Value v, const char* what, Napi::Array* out) {
+  if (!v.IsArray()) {
+    Napi::TypeError::New(env, std::string("ovl native: ") + what + " must be an array").ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = v.As<Napi::Array>();
+  if (out->Length() > kMaxArrayLength) {
+    Napi::RangeError::New(env, std::string("ovl native: ") + what + " has too many entries")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+// Argument readers: on a wrong type they throw a TypeError into JavaScript and return false.
+bool ReadString(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out) {
+  if (info.Length() <= i || !info[i].IsString()) {
+    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' must be a string")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = info[i].As<Napi::String>().Utf8Value();
+  if (HasNul(*out)) {
+    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' contains a NUL byte")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+bool ReadOptionalString(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out,
+                        bool* present) {
+  *present = false;
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return true;
+  *present = true;
+  return ReadString(info, i, name, out);
+}
+
+bool ReadUint(const Napi::CallbackInfo& info, size_t i, const char* name, double max, uint64_t* out) {
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' must be a number")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0) || v > max || v != static_cast<double>(static_cast<uint64_t>(v))) {
+    Napi::RangeError::New(info.Env(), std::string("ovl native: argument '") + name +
+                                          "' must be a non-negative integer in range")
+        .ThrowAsJavaScriptException();
+    return false;
+  }
+  *out = static_cast<uint64_t>(v);
+  return true;
+}
+
+// Drains the fs-context message log of an fsopen() fd. Each read() returns one message.
+void DrainFsLog(int fsfd, std::vector<std::string>* out) {
+  if (fsfd < 0) return;
+  char buf[4096];
+  for (int i = 0; i < 64; i++) {
+    ssize_t n = read(fsfd, buf, sizeof(buf) - 1);
+    if (n <= 0) break;
+    out->emplace_back(buf, static_cast<size_t>(n));
+  }
+}
+
+Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("errno", Napi::Number::New(env, e.err));
+  o.Set("syscall", Napi::String::New(env, e.syscall));
+  if (!e.path.empty()) o.Set("path", Napi::String::New(env, e.path));
+  if (e.step >= 0) o.Set("step", Napi::Number::New(env, e.step));
+  Napi::Array msgs = Napi::Array::New(env, e.messages.size());
+  for (size_t i = 0; i < e.messages.size(); i++) msgs.Set(i, Napi::String::New(env, e.messages[i]));
+  o.Set("messages", msgs);
+  return o;
+}
+
+// Base worker: runs Run() on the thread pool, then settles a promise. Run() returns false and fills
+// error_ on failure; Resolve() builds the value on the main thread.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  virtual bool Run() = 0;
+  virtual Napi::Value Resolve(Napi::Env env) { return env.Undefined(); }
+  bool Fail(const char* syscall, const std::string& path = std::string()) {
+    error_.err = errno;
+    error_.syscall = syscall;
+    error_.path = path;
+    return false;
+  }
+  SysError error_;
+
+ private:
+  void Execute() override { ok_ = Run(); }
+  void OnOK() override {
+    Napi::HandleScope scope(Env());
+    if (ok_) {
+      deferred_.Resolve(Resolve(Env()));
+    } else {
+      deferred_.Reject(SysErrorToObject(Env(), error_));
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+  Napi::Promise::Deferred deferred_;
+  bool ok_ = false;
+};
+
+// --- mount(2) --------------------------------------------------------------------------------------
+
+class MountWorker : public PromiseWorker {
+ public:
+  MountWorker(Napi::Env env, std::string source, std::string target, std::string fstype, unsigned long flags,
+              std::string data, bool has_data)
+      : PromiseWorker(env), source_(std::move(source)), target_(std::move(target)), fstype_(std::move(fstype)),
+        flags_(flags), data_(std::move(data)), has_data_(has_data) {}
+
+ protected:
+  bool Run() override {
+    if (::mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, has_data_ ? data_.c_str() : nullptr) != 0)
+      return Fail("mount", target_);
+    return true;
+  }
+
+ private:
+  std::string source_, target_, fstype_;
+  unsigned long flags_;
+  std::string data_;
+  bool has_data_;
+};
+
+// mount(source, target, fstype, flags, data|null)
+Napi::Value Mount(const Napi::CallbackInfo& info) {
+  std::string source, target, fstype, data;
+  uint64_t flags = 0;
+  bool has_data = false;
+  if (!ReadString(info, 0, "source", &source) || !ReadString(info, 1, "target", &target) ||
+      !ReadString(info, 2, "fstype", &fstype) || !ReadUint(info, 3, "flags", 4294967295.0, &flags) ||
+      !ReadOptionalString(info, 4, "data", &data, &has_data))
+    return info.Env().Undefined();
+  auto* w = new MountWorker(info.Env(), source, target, fstype, static_cast<unsigned long>(flags), data, has_data);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// --- umount2(2) ------------------------------------------------------------------------------------
+
+class UmountWorker : public PromiseWorker {
+ public:
+  UmountWorker(Napi::Env env, std::string target, int flags)
+      : PromiseWorker(env), target_(std::move(target)), flags_(flags) {}
+
+ protected:
+  bool Run() override {
+    if (::umount2(target_.c_str(), flags_) != 0) return Fail("umount2", target_);
+    return true;
+  }
+
+ private:
+  std::string target_;
+  int flags_;
+};
+
+// umount(target, flags)
+Napi::Value Umount(const Napi::CallbackInfo& info) {
+  std::string target;
+  uint64_t flags = 0;
+  if (!ReadString(info, 0, "target", &target) || !ReadUint(info, 1, "flags", 2147483647.0, &flags))
+    return info.Env().Undefined();
+  auto* w = new UmountWorker(info.Env(), target, static_cast<int>(flags));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// --- the new mount API: fsopen, fsconfig..., fsmount, move_mount -----------------------------------
+
+struct ConfigStep {
+  unsigned kind;      // FSCONFIG_SET_FLAG, _SET_STRING, or _SET_FD (value is a path, opened O_PATH here)
+  std::string key;
+  std::string value;
+};
+
+// Reads the mount id of an open mount fd: the unique 64-bit id where the kernel has it (6.8+),
+// else the reusable id shown in mountinfo.
+bool StatxMountId(int dirfd, const char* path, int flags, uint64_t* id, bool* unique, bool want_unique = true) {
+  struct statx stx;
+  std::memset(&stx, 0, sizeof(stx));
+  if (statx(dirfd, path, flags, STATX_MNT_ID | (want_unique ? STATX_MNT_ID_UNIQUE : 0), &stx) != 0) return false;
+  *unique = (stx.stx_mask & STATX_MNT_ID_UNIQUE) != 0;
+  *id = stx.stx_mnt_id;
+  return true;
+}
+
+class FsMountWorker : public PromiseWorker {
+ public:
+  FsMountWorker(Napi::Env env, std::string fstype, std::vector<ConfigStep> steps, unsigned attr_flags,
+                std::string target, bool create)
+      : PromiseWorker(env), fstype_(std::move(fstype)), steps_(std::move(steps)), attr_flags_(attr_flags),
+        target_(std::move(target)), create_(create) {}
+
+ protected:
+  bool Run() override {
+    Fd fsfd(static_cast<int>(syscall(SYS_fsopen, fstype_.c_str(), kFsopenCloexec)));
+    if (fsfd.get() < 0) return Fail("fsopen");
+    for (size_t i = 0; i < steps_.size(); i++) {
+      const ConfigStep& s = steps_[i];
+      long rc;
+      if (s.kind == kFsconfigSetFd) {
+        Fd layer(open(s.value.c_str(), O_PATH | O_CLOEXEC));
+        if (layer.get() < 0) return FailStep("open", static_cast<int>(i), s.value, -1);
+        rc = syscall(SYS_fsconfig, fsfd.get(), kFsconfigSetFd, s.key.c_str(), nullptr, layer.get());
+      } else if (s.kind == kFsconfigSetString) {
+        rc = syscall(SYS_fsconfig, fsfd.get(), kFsconfigSetString, s.key.c_str(), s.value.c_str(), 0);
+      } else {
+        rc = syscall(SYS_fsconfig, fsfd.get(), kFsconfigSetFlag, s.key.c_str(), nullptr, 0);
+      }
+      if (rc != 0) return FailStep("fsconfig", static_cast<int>(i), std::string(), fsfd.get());
+    }
+    if (!create_) {
+      DrainFsLog(fsfd.get(), &messages_);
+      return true;
+    }
+    if (syscall(SYS_fsconfig, fsfd.get(), kFsconfigCmdCreate, nullptr, nullptr, 0) != 0)
+      return FailStep("fsconfig", -1, std::string(), fsfd.get());
+    Fd mfd(static_cast<int>(syscall(SYS_fsmount, fsfd.get(), kFsmountCloexec, attr_flags_)));
+    if (mfd.get() < 0) return FailStep("fsmount", -1, std::string(), fsfd.get());
+    DrainFsLog(fsfd.get(), &messages_);  // warnings of a mount that succeeded
+    if (!StatxMountId(mfd.get(), "", AT_EMPTY_PATH, &mnt_id_, &unique_)) return Fail("statx");
+    if (syscall(SYS_move_mount, mfd.get(), "", AT_FDCWD, target_.c_str(), kMoveMountFEmptyPath) != 0)
+      return Fail("move_mount", target_);
+    return true;
+  }
+
+  Napi::Value Resolve(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    if (create_) {
+      o.Set("mountId", Napi::Number::New(env, static_cast<double>(mnt_id_)));
+      o.Set("unique", Napi::Boolean::New(env, unique_));
+    }
+    Napi::Array msgs = Napi::Array::New(env, messages_.size());
+    for (size_t i = 0; i < messages_.size(); i++) msgs.Set(i, Napi::String::New(env, messages_[i]));
+    o.Set("messages", msgs);
+    return o;
+  }
+
+ private:
+  bool FailStep(const char* syscall, int step, const std::string& path, int fsfd) {
+    Fail(syscall, path);
+    error_.step = step;
+    DrainFsLog(fsfd, &error_.messages);
+    return false;
+  }
+
+  std::string fstype_;
+  std::vector<ConfigStep> steps_;
+  unsigned attr_flags_;
+  std::string target_;
+  bool create_;
+  uint64_t mnt_id_ = 0;
+  bool unique_ = false;
+  std::vector<std::string> messages_;
+};
+
+// fsMount(fstype, steps: [kind, key, value?][], attrFlags, target|null)
+// With target null the context is configured and then dropped: a probe of what the kernel accepts.
+Napi::Value FsMount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string fstype, target;
+  uint64_t attr = 0;
+  bool has_target = false;
+  if (!ReadString(info, 0, "fstype", &fstype)) return env.Undefined();
+  Napi::Array arr;
+  if (!CheckArray(env, info.Length() < 2 ? env.Undefined() : info[1], "argument 'steps'", &arr))
+    return env.Undefined();
+  std::vector<ConfigStep> steps;
+  steps.reserve(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value v = arr.Get(i);
+    if (env.IsExceptionPending()) return env.Undefined();
+    Napi::Array s;
+    if (!CheckArray(env, v, "each step ([kind, key, value?])", &s)) return env.Undefined();
+    Napi::Value kind = s.Get(0u), key = s.Get(1u), value = s.Get(2u);
+    if (env.IsExceptionPending()) return env.Undefined();
+    if (!kind.IsNumber() || !key.IsString()) {
+      Napi::TypeError::New(env, "ovl native: step kind must be a number and key a string")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    ConfigStep step;
+    double k = kind.As<Napi::Number>().DoubleValue();
+    if (k != kFsconfigSetFlag && k != kFsconfigSetString && k != kFsconfigSetFd) {
+      Napi::RangeError::New(env, "ovl native: step kind must be 0 (flag), 1 (string) or 5 (fd)")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    step.kind = static_cast<unsigned>(k);
+    step.key = key.As<Napi::String>().Utf8Value();
+    if (step.kind != kFsconfigSetFlag) {
+      if (!value.IsString()) {
+        Napi::TypeError::New(env, "ovl native: string and fd steps need a string value")
+            .ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      step.value = value.As<Napi::String>().Utf8Value();
+    }
+    if (HasNul(step.key) || HasNul(step.value)) {
+      Napi::TypeError::New(env, "ovl native: step key or value contains a NUL byte").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    steps.push_back(std::move(step));
+  }
+  if (!ReadUint(info, 2, "attrFlags", 4294967295.0, &attr) ||
+      !ReadOptionalString(info, 3, "target", &target, &has_target))
+    return env.Undefined();
+  auto* w = new FsMountWorker(env, fstype, std::move(steps), static_cast<unsigned>(attr), target, has_target);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// --- statx: the mount id of a path -------------------------------------------------------------------
+
+class MountIdWorker : public PromiseWorker {
+ public:
+  MountIdWorker(Napi::Env env, std::string path, bool want_unique)
+      : PromiseWorker(env), path_(std::move(path)), want_unique_(want_unique) {}
+
+ protected:
+  bool Run() override {
+    if (!StatxMountId(AT_FDCWD, path_.c_str(), AT_NO_AUTOMOUNT, &id_, &unique_, want_unique_))
+      return Fail("statx", path_);
+    return true;
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("mountId", Napi::Number::New(env, static_cast<double>(id_)));
+    o.Set("unique", Napi::Boolean::New(env, unique_));
+    return o;
+  }
+
+ private:
+  std::string path_;
+  bool want_unique_;
+  uint64_t id_ = 0;
+  bool unique_ = false;
+};
+
+// mountId(path, unique): the unique 64-bit id where the kernel has one and `unique` is true, else the
+// reusable id that mountinfo shows.
+Napi::Value MountId(const Napi::CallbackInfo& info) {
+  std::string path;
+  if (!ReadString(info, 0, "path", &path)) return info.Env().Undefined();
+  if (info.Length() < 2 || !info[1].IsBoolean()) {
+    Napi::TypeError::New(info.Env(), "ovl native: argument 'unique' must be a boolean").ThrowAsJavaScriptException();
+    return info.Env().Undefined();
+  }
+  auto* w = new MountIdWorker(info.Env(), path, info[1].As<Napi::Boolean>().Value());
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// --- realpath + statx for many paths in one trip (validation input) --------------------------------
+
+struct PathFacts {
+  int err = 0;
+  const char* syscall = "";
+  std::string real;
+  uint32_t mode = 0;
+  uint32_t dev_major = 0, dev_minor = 0;
+  uint64_t ino = 0;
+  uint64_t mnt_id = 0;
+  bool unique = false;
+};
+
+class InspectWorker : public PromiseWorker {
+ public:
+  InspectWorker(Napi::Env env, std::vector<std::string> paths) : PromiseWorker(env), paths_(std::move(paths)) {}
+
+ protected:
+  bool Run() override {
+    facts_.resize(paths_.size());
+    for (size_t i = 0; i < paths_.size(); i++) {
+      PathFacts& f = facts_[i];
+      char* real = realpath(paths_[i].c_str(), nullptr);
+      if (real == nullptr) {
+        f.err = errno;
+        f.syscall = "realpath";
+        continue;
+      }
+      f.real = real;
+      free(real);
+      struct statx stx;
+      std::memset(&stx, 0, sizeof(stx));
+      if (statx(AT_FDCWD, f.real.c_str(), AT_NO_AUTOMOUNT,
+                STATX_TYPE | STATX_MODE | STATX_INO | STATX_MNT_ID | STATX_MNT_ID_UNIQUE, &stx) != 0) {
+        f.err = errno;
+        f.syscall = "statx";
+        continue;
+      }
+      f.mode = stx.stx_mode;
+      f.dev_major = stx.stx_dev_major;
+      f.dev_minor = stx.stx_dev_minor;
+      f.ino = stx.stx_ino;
+      f.mnt_id = stx.stx_mnt_id;
+      f.unique = (stx.stx_mask & STATX_MNT_ID_UNIQUE) != 0;
+    }
+    return true;
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    Napi::Array out = Napi::Array::New(env, facts_.size());
+    for (size_t i = 0; i < facts_.size(); i++) {
+      const PathFacts& f = facts_[i];
+      Napi::Object o = Napi::Object::New(env);
+      if (f.err != 0) {
+        o.Set("errno", Napi::Number::New(env, f.err));
+        o.Set("syscall", Napi::String::New(env, f.syscall));
+      } else {
+        o.Set("realpath", Napi::String::New(env, f.real));
+        o.Set("mode", Napi::Number::New(env, f.mode));
+        o.Set("devMajor", Napi::Number::New(env, f.dev_major));
+        o.Set("devMinor", Napi::Number::New(env, f.dev_minor));
+        o.Set("ino", Napi::Number::New(env, static_cast<double>(f.ino)));
+        o.Set("mountId", Napi::Number::New(env, static_cast<double>(f.mnt_id)));
+        o.Set("uniqueMountId", Napi::Boolean::New(env, f.unique));
+      }
+      out.Set(i, o);
+    }
+    return out;
+  }
+
+ private:
+  std::vector<std::string> paths_;
+  std::vector<PathFacts> facts_;
+};
+
+// inspectPaths(paths: string[]) -> [{ realpath, mode, devMajor, devMinor, ino, mountId, uniqueMountId } | { errno, syscall }]
+Napi::Value InspectPaths(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array arr;
+  if (!CheckArray(env, info.Length() < 1 ? env.Undefined() : info[0], "argument 'paths'", &arr))
+    return env.Undefined();
+  std::vector<std::string> paths;
+  paths.reserve(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value v = arr.Get(i);
+    if (env.IsExceptionPending()) return env.Undefined();
+    if (!v.IsString()) {
+      Napi::TypeError::New(env, "ovl native: argument 'paths' must be an array of strings")
+          .ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    std::string s = v.As<Napi::String>().Utf8Value();
+    if (HasNul(s)) {
+      Napi::TypeError::New(env, "ovl native: a path contains a NUL byte").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    paths.push_back(std::move(s));
+  }
+  auto* w = new InspectWorker(env, std::move(paths));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// --- statmount(2): one mount's fields by its unique id ----------------------------------------------
+
+class StatMountWorker : public PromiseWorker {
+ public:
+  StatMountWorker(Napi::Env env, uint64_t id) : PromiseWorker(env), id_(id) {}
+
+ protected:
+  bool Run() override {
+    MntIdReq req;
+    std::memset(&req, 0, sizeof(req));
+    req.size = kMntIdReqSizeVer0;
+    req.mnt_id = id_;
+    req.param = kStatmountSbBasic | kStatmountMntBasic | kStatmountPropagateFrom | kStatmountMntRoot |
+                kStatmountMntPoint | kStatmountFsType | kStatmountFsSubtype | kStatmountSbSource |
+                kStatmountOptArray;
+    size_t size = 1 << 14;
+    for (;;) {
+      buf_.assign(size, 0);
+      long rc = syscall(SYS_statmount, &req, buf_.data(), buf_.size(), 0);
+      if (rc == 0) return true;
+      if (errno == EOVERFLOW && size < (64u << 20)) {
+        size *= 4;  // options of a 500-layer overlay run to tens of KiB
+        continue;
+      }
+      return Fail("statmount");
+    }
+  }
+
+  Napi::Value Resolve(Napi::Env env) override {
+    const auto* sm = reinterpret_cast<const StatMountBuf*>(buf_.data());
+    const char* strs = sm->str;
+    const size_t str_room = buf_.size() - sizeof(StatMountBuf);
+    auto str_at = [&](uint32_t off) -> Napi::Value {
+      if (off >= str_room) return env.Undefined();
+      return Napi::String::New(env, strs + off, strnlen(strs + off, str_room - off));
+    };
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("mask", Napi::Number::New(env, static_cast<double>(sm->mask)));
+    o.Set("mountId", Napi::Number::New(env, static_cast<double>(sm->mnt_id)));
+    o.Set("parentMountId", Napi::Number::New(env, static_cast<double>(sm->mnt_parent_id)));
+    o.Set("mountIdOld", Napi::Number::New(env, sm->mnt_id_old));
+    o.Set("parentMountIdOld", Napi::Number::New(env, sm->mnt_parent_id_old));
+    o.Set("devMajor", Napi::Number::New(env, sm->sb_dev_major));
+    o.Set("devMinor", Napi::Number::New(env, sm->sb_dev_minor));
+    o.Set("sbFlags", Napi::Number::New(env, sm->sb_flags));
+    o.Set("mountAttr", Napi::Number::New(env, static_cast<double>(sm->mnt_attr)));
+    o.Set("propagation", Napi::Number::New(env, static_cast<double>(sm->mnt_propagation)));
+    o.Set("peerGroup", Napi::Number::New(env, static_cast<double>(sm->mnt_peer_group)));
+    o.Set("master", Napi::Number::New(env, static_cast<double>(sm->mnt_master)));
+    o.Set("propagateFrom", Napi::Number::New(env, static_cast<double>(sm->propagate_from)));
+    if (sm->mask & kStatmountMntRoot) o.Set("root", str_at(sm->mnt_root));
+    if (sm->mask & kStatmountMntPoint) o.Set("point", str_at(sm->mnt_point));
+    if (sm->mask & kStatmountFsType) o.Set("fsType", str_at(sm->fs_type));
+    if (sm->mask & kStatmountFsSubtype) o.Set("fsSubtype", str_at(sm->fs_subtype));
+    if (sm->mask & kStatmountSbSource) o.Set("source", str_at(sm->sb_source));
+    if (sm->mask & kStatmountOptArray) {
+      Napi::Array opts = Napi::Array::New(env);
+      size_t off = sm->opt_array;
+      for (uint32_t i = 0; i < sm->opt_num && off < str_room; i++) {
+        size_t len = strnlen(strs + off, str_room - off);
+        opts.Set(i, Napi::String::New(env, strs + off, len));
+        off += len + 1;
+      }
+      o.Set("options", opts);
+    }
+    return o;
+  }
+
+ private:
+  uint64_t id_;
+  std::vector<char> buf_;
+};
+
+// statMount(uniqueMountId)
+Napi::Value StatMount(const Napi::CallbackInfo& info) {
+  uint64_t id = 0;
+  if (!ReadUint(info, 0, "mountId", 9007199254740991.0, &id)) return info.Env().Undefined();
+  auto* w = new StatMountWorker(info.Env(), id);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("mount", Napi::Function::New(env, Mount, "mount"));
+  exports.Set("umount", Napi::Function::New(env, Umount, "umount"));
+  exports.Set("fsMount", Napi::Function::New(env, FsMount, "fsMount"));
+  exports.Set("mountId", Napi::Function::New(env, MountId, "mountId"));
+  exports.Set("inspectPaths", Napi::Function::New(env, InspectPaths, "inspectPaths"));
+  exports.Set("statMount", Napi::Function::New(env, StatMount, "statMount"));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(ovl, Init)

@@ -1,0 +1,48 @@
+/**
+ * ovl: Linux overlay filesystems from Node.
+ *
+ *   import * as overlay from "ovl";
+ *   await using m = await overlay.mount({ lower: ["/l1", "/l2"], upper: "/u", work: "/w", target: "/mnt" });
+ */
+import { invalidArgType } from "./errors.js";
+import { MountedOverlay, mountOverlay } from "./mount.js";
+import type { MountSpec } from "./validate.js";
+
+export { OverlayError } from "./errors.js";
+export type { MountFlags } from "./flags.js";
+export { kernelStrategy, MountedOverlay, umount, type KernelStrategy, type UmountOptions } from "./mount.js";
+export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoResult } from "./mountinfo.js";
+export { parseOverlayOptions, type OverlayLayers } from "./overlay-options.js";
+export { list, readMountTable, isOverlay, toOverlayMount, type ListOptions, type MountList } from "./table.js";
+export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
+export type { MountSpec, MountStrategy } from "./validate.js";
+
+/** The rest of a spec, after the four positional arguments. */
+export type MountRest = Omit<MountSpec, "lower" | "upper" | "work" | "target">;
+
+/**
+ * Mounts an overlay and returns its mount-table entry, which also unmounts it when disposed (`await using`).
+ *
+ * `mount({ lower, upper, work, target, ... })`, or positionally `mount(lower, upper, work, target, rest?)`
+ * (`upper` and `work` undefined for a read-only overlay). One string in `lower` is one layer.
+ */
+export function mount(spec: MountSpec): Promise<MountedOverlay>;
+export function mount(
+  lower: string | string[],
+  upper: string | undefined,
+  work: string | undefined,
+  target: string,
+  rest?: MountRest,
+): Promise<MountedOverlay>;
+export async function mount(...args: unknown[]): Promise<MountedOverlay> {
+  if (args.length <= 1) return mountOverlay(args[0] as MountSpec);
+  const [lower, upper, work, target, rest] = args;
+  if (rest !== undefined && (typeof rest !== "object" || rest === null)) throw invalidArgType("rest", "of type object", rest);
+  return mountOverlay({
+    ...(rest as MountRest | undefined),
+    lower: lower as string[],
+    ...(upper !== undefined ? { upper: upper as string } : {}),
+    ...(work !== undefined ? { work: work as string } : {}),
+    target: target as string,
+  });
+}

@@ -1,0 +1,123 @@
+/**
+ * Reading the mount table: the I/O around the pure parser in mountinfo.ts, and `list()`.
+ */
+import { readFile } from "node:fs/promises";
+import { resolve } from "node:path";
+import { OverlayError, fromNative, invalidArgType, invalidArgValue } from "./errors.js";
+import { parseMountInfo, type MountInfoIssue } from "./mountinfo.js";
+import { native, type NativeFailure } from "./native.js";
+import { parseOverlayOptions } from "./overlay-options.js";
+import type { MountInfo, OverlayMount } from "./types.js";
+import { checkPathArg } from "./validate.js";
+
+export interface ListOptions {
+  /** Every mount, not only overlays. */
+  all?: boolean;
+  /** Read another process's mount namespace (/proc/PID/mountinfo). */
+  pid?: number;
+  /** Only the mount at, or containing, this path. */
+  target?: string;
+  /** Throw on a malformed mountinfo line instead of skipping it. */
+  strict?: boolean;
+  /** Called with each malformed line that was skipped. */
+  onIssue?: (issue: MountInfoIssue) => void;
+}
+
+/** The array `list()` returns; `issues` holds the malformed lines that were skipped. */
+export type MountList<T> = T[] & { issues: MountInfoIssue[] };
+
+export function isOverlay(m: MountInfo): boolean {
+  return m.fstype === "overlay";
+}
+
+/** Adds the overlay's layers and features to a mount-table entry. */
+export function toOverlayMount(m: MountInfo): OverlayMount {
+  const layers = parseOverlayOptions(m.superOptions);
+  return {
+    ...m,
+    lower: layers.lower,
+    data: layers.data,
+    ...(layers.upper !== undefined ? { upper: layers.upper } : {}),
+    ...(layers.work !== undefined ? { work: layers.work } : {}),
+    features: layers.features,
+  };
+}
+
+/** Reads /proc/self/mountinfo, or /proc/PID/mountinfo. */
+export async function readMountTable(pid?: number): Promise<string> {
+  const file = pid === undefined ? "/proc/self/mountinfo" : `/proc/${pid}/mountinfo`;
+  try {
+    return await readFile(file, "utf8");
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (pid !== undefined && err.code === "ENOENT") {
+      throw new OverlayError("ESRCH", `no process with pid ${pid}`, { syscall: "open", path: file });
+    }
+    throw err;
+  }
+}
+
+function checkListOptions(opts: unknown): ListOptions {
+  if (opts === undefined) return {};
+  if (typeof opts !== "object" || opts === null) throw invalidArgType("options", "of type object", opts);
+  const o = opts as ListOptions;
+  if (o.pid !== undefined && (!Number.isInteger(o.pid) || o.pid <= 0)) {
+    throw invalidArgValue("options.pid", o.pid, "must be a positive integer");
+  }
+  if (o.target !== undefined) checkPathArg(o.target, "options.target");
+  if (o.onIssue !== undefined && typeof o.onIssue !== "function") {
+    throw invalidArgType("options.onIssue", "of type function", o.onIssue);
+  }
+  return o;
+}
+
+/** The mount at or containing `path`, by longest matching mount point (last mounted wins). */
+function containingMount<T extends MountInfo>(mounts: T[], path: string): T | undefined {
+  let best: T | undefined;
+  for (const m of mounts) {
+    const t = m.target;
+    if (path === t || t === "/" || path.startsWith(`${t}/`)) {
+      if (!best || t.length >= best.target.length) best = m;
+    }
+  }
+  return best;
+}
+
+/**
+ * Overlays in this mount namespace (or every mount with `all`, another process's with `pid`, or only the
+ * one at or containing `target`).
+ */
+export async function list(opts?: ListOptions & { all?: false }): Promise<MountList<OverlayMount>>;
+export async function list(opts: ListOptions): Promise<MountList<MountInfo | OverlayMount>>;
+export async function list(opts?: ListOptions): Promise<MountList<MountInfo | OverlayMount>> {
+  const o = checkListOptions(opts);
+  const text = await readMountTable(o.pid);
+  const { mounts, issues } = parseMountInfo(text, { strict: o.strict ?? false });
+  if (o.onIssue) for (const issue of issues) o.onIssue(issue);
+
+  let chosen: MountInfo[] = mounts;
+  if (o.target !== undefined) {
+    const path = resolve(o.target);
+    let hit: MountInfo | undefined;
+    if (o.pid === undefined) {
+      // Ask the kernel which mount serves the path: exact where paths are ambiguous (stacked mounts).
+      let id: number;
+      try {
+        id = (await native().mountId(path, false)).mountId;
+      } catch (e) {
+        throw fromNative(e as NativeFailure, { path, what: `looking up the mount of '${path}'` });
+      }
+      hit = mounts.find((m) => m.id === id);
+    } else {
+      hit = containingMount(mounts, path);
+    }
+    chosen = hit ? [hit] : [];
+  }
+  const out = [] as unknown as MountList<MountInfo | OverlayMount>;
+  for (const m of chosen) {
+    if (isOverlay(m)) out.push(toOverlayMount(m));
+    else if (o.all) out.push(m);
+  }
+  Object.defineProperty(out, "issues", { value: issues, enumerable: false });
+  return out;
+}

@@ -1,0 +1,97 @@
+/** Test scaffolding: a private mount namespace check, scratch directories, and an independent mount-table read. */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+
+/** True when the tests run as real root (not root inside a user namespace). */
+export const realRoot = process.env.OVL_TEST_NAMESPACE === "root";
+
+/** Refuses to run mount tests outside the private namespace `npm test` makes. */
+export function requirePrivateMountNamespace(): void {
+  if (!process.env.OVL_TEST_NAMESPACE) {
+    throw new Error("mount tests must run in a private mount namespace: use `npm test` (scripts/run-tests.js)");
+  }
+  let init: string | undefined;
+  try {
+    init = readlinkSync("/proc/1/ns/mnt");
+  } catch {
+    return; // not readable from a user namespace, which is private by construction
+  }
+  if (init === readlinkSync("/proc/self/ns/mnt")) {
+    throw new Error("mount tests are running in the machine's own mount namespace; use `npm test`");
+  }
+}
+
+/** Decodes mountinfo's octal escapes; written apart from src/ so tests do not check the parser with itself. */
+function unoctal(s: string): string {
+  const bytes: number[] = [];
+  const raw = Buffer.from(s, "utf8");
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] === 0x5c && i + 3 < raw.length + 0 && /^[0-7]{3}$/.test(raw.subarray(i + 1, i + 4).toString())) {
+      bytes.push(parseInt(raw.subarray(i + 1, i + 4).toString(), 8));
+      i += 3;
+    } else bytes.push(raw[i]!);
+  }
+  return Buffer.from(bytes).toString("utf8");
+}
+
+export interface RawMount {
+  id: number;
+  target: string;
+  fstype: string;
+  superOptions: string;
+}
+
+/** Every mount in this namespace, straight from /proc/self/mountinfo. */
+export function rawMounts(): RawMount[] {
+  return readFileSync("/proc/self/mountinfo", "utf8")
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => {
+      const f = line.split(" ");
+      const sep = f.indexOf("-", 6);
+      return { id: Number(f[0]), target: unoctal(f[4]!), fstype: f[sep + 1]!, superOptions: f[sep + 3] ?? "" };
+    });
+}
+
+/** Mount points at or below `dir`. */
+export function mountsUnder(dir: string): RawMount[] {
+  return rawMounts().filter((m) => m.target === dir || m.target.startsWith(`${dir}/`));
+}
+
+export interface Scratch {
+  dir: string;
+  /** Makes directories (and parents) below the scratch dir; returns their absolute paths. */
+  dirs(...names: string[]): string[];
+  /** Writes a file below the scratch dir; returns its path. */
+  file(name: string, content: string): string;
+  path(name: string): string;
+  /** Unmounts everything below the scratch dir (deepest first) and removes it. */
+  cleanup(): void;
+}
+
+export function scratch(prefix = "ovl-test-"): Scratch {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), prefix)));
+  const path = (name: string) => join(dir, name);
+  return {
+    dir,
+    path,
+    dirs: (...names) =>
+      names.map((n) => {
+        mkdirSync(path(n), { recursive: true });
+        return path(n);
+      }),
+    file: (name, content) => {
+      mkdirSync(dirname(path(name)), { recursive: true });
+      writeFileSync(path(name), content);
+      return path(name);
+    },
+    cleanup: () => {
+      for (const m of mountsUnder(dir).sort((a, b) => b.target.length - a.target.length)) {
+        execFileSync("umount", ["-l", m.target]);
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
