@@ -7,15 +7,19 @@
 
 #include <napi.h>
 
+#include "common.h"
+
 #include <cerrno>
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -43,6 +47,7 @@
 #define STATX_MNT_ID_UNIQUE 0x00004000U
 #endif
 
+namespace ovl {
 namespace {
 
 constexpr unsigned kFsopenCloexec = 0x00000001;
@@ -108,152 +113,6 @@ constexpr uint64_t kStatmountFsType = 0x20;
 constexpr uint64_t kStatmountFsSubtype = 0x100;
 constexpr uint64_t kStatmountSbSource = 0x200;
 constexpr uint64_t kStatmountOptArray = 0x400;
-
-// --- small helpers ---------------------------------------------------------------------------------
-
-// A failed system call, as plain data for the rejection.
-struct SysError {
-  int err = 0;
-  std::string syscall;
-  std::string path;          // the path the call was about, if any
-  int step = -1;             // index of the fsconfig step that failed, if any
-  std::vector<std::string> messages;  // fs-context log ("e overlay: ..."), if any
-};
-
-// Closes a file descriptor when it goes out of scope (on every exit path of a worker).
-class Fd {
- public:
-  explicit Fd(int fd = -1) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-  int get() const { return fd_; }
-  void reset(int fd = -1) {
-    if (fd_ >= 0) close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_;
-};
-
-bool HasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
-
-// More entries than any real call needs (the kernel takes at most 500 layers); refusing early keeps a
-// sparse `new Array(1e9)` from exhausting memory.
-constexpr uint32_t kMaxArrayLength = 65536;
-
-bool CheckArray(Napi::Env env, Napi::Value v, const char* what, Napi::Array* out) {
-  if (!v.IsArray()) {
-    Napi::TypeError::New(env, std::string("ovl native: ") + what + " must be an array").ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = v.As<Napi::Array>();
-  if (out->Length() > kMaxArrayLength) {
-    Napi::RangeError::New(env, std::string("ovl native: ") + what + " has too many entries")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  return true;
-}
-
-// Argument readers: on a wrong type they throw a TypeError into JavaScript and return false.
-bool ReadString(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out) {
-  if (info.Length() <= i || !info[i].IsString()) {
-    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' must be a string")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = info[i].As<Napi::String>().Utf8Value();
-  if (HasNul(*out)) {
-    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' contains a NUL byte")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  return true;
-}
-
-bool ReadOptionalString(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out,
-                        bool* present) {
-  *present = false;
-  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return true;
-  *present = true;
-  return ReadString(info, i, name, out);
-}
-
-bool ReadUint(const Napi::CallbackInfo& info, size_t i, const char* name, double max, uint64_t* out) {
-  if (info.Length() <= i || !info[i].IsNumber()) {
-    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' must be a number")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!(v >= 0) || v > max || v != static_cast<double>(static_cast<uint64_t>(v))) {
-    Napi::RangeError::New(info.Env(), std::string("ovl native: argument '") + name +
-                                          "' must be a non-negative integer in range")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = static_cast<uint64_t>(v);
-  return true;
-}
-
-// Drains the fs-context message log of an fsopen() fd. Each read() returns one message.
-void DrainFsLog(int fsfd, std::vector<std::string>* out) {
-  if (fsfd < 0) return;
-  char buf[4096];
-  for (int i = 0; i < 64; i++) {
-    ssize_t n = read(fsfd, buf, sizeof(buf) - 1);
-    if (n <= 0) break;
-    out->emplace_back(buf, static_cast<size_t>(n));
-  }
-}
-
-Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("errno", Napi::Number::New(env, e.err));
-  o.Set("syscall", Napi::String::New(env, e.syscall));
-  if (!e.path.empty()) o.Set("path", Napi::String::New(env, e.path));
-  if (e.step >= 0) o.Set("step", Napi::Number::New(env, e.step));
-  Napi::Array msgs = Napi::Array::New(env, e.messages.size());
-  for (size_t i = 0; i < e.messages.size(); i++) msgs.Set(i, Napi::String::New(env, e.messages[i]));
-  o.Set("messages", msgs);
-  return o;
-}
-
-// Base worker: runs Run() on the thread pool, then settles a promise. Run() returns false and fills
-// error_ on failure; Resolve() builds the value on the main thread.
-class PromiseWorker : public Napi::AsyncWorker {
- public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
-  virtual bool Run() = 0;
-  virtual Napi::Value Resolve(Napi::Env env) { return env.Undefined(); }
-  bool Fail(const char* syscall, const std::string& path = std::string()) {
-    error_.err = errno;
-    error_.syscall = syscall;
-    error_.path = path;
-    return false;
-  }
-  SysError error_;
-
- private:
-  void Execute() override { ok_ = Run(); }
-  void OnOK() override {
-    Napi::HandleScope scope(Env());
-    if (ok_) {
-      deferred_.Resolve(Resolve(Env()));
-    } else {
-      deferred_.Reject(SysErrorToObject(Env(), error_));
-    }
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
-
-  Napi::Promise::Deferred deferred_;
-  bool ok_ = false;
-};
 
 // --- mount(2) --------------------------------------------------------------------------------------
 
@@ -697,6 +556,128 @@ Napi::Value StatMount(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// --- watching the mount table: poll(POLLPRI) on an open mountinfo file --------------------------------
+
+// The fd is shared between the wrapper and a running worker; close() while a poll is pending is deferred
+// until that poll returns (each poll is bounded by its timeout).
+struct WatchState {
+  std::string path;
+  int fd = -1;
+  bool busy = false;
+  bool close_requested = false;
+  void CloseNow() {
+    if (fd >= 0) close(fd);
+    fd = -1;
+  }
+};
+
+class WatchWorker : public PromiseWorker {
+ public:
+  WatchWorker(Napi::Env env, std::shared_ptr<WatchState> state, int timeout_ms)
+      : PromiseWorker(env), state_(std::move(state)), timeout_ms_(timeout_ms) {}
+
+ protected:
+  bool Run() override {
+    WatchState& st = *state_;
+    if (st.fd < 0) {
+      // First call: open (the kernel notes the table's event count now) and read the table.
+      st.fd = open(st.path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (st.fd < 0) return Fail("open", st.path);
+      return ReadAll();
+    }
+    struct pollfd pfd = {st.fd, POLLPRI, 0};
+    int rc = poll(&pfd, 1, timeout_ms_);
+    if (rc < 0) {
+      if (errno == EINTR) return true;
+      return Fail("poll", st.path);
+    }
+    if (rc == 0 || !(pfd.revents & (POLLPRI | POLLERR))) return true;  // timed out: no change
+    return ReadAll();
+  }
+
+  Napi::Value Resolve(Napi::Env env) override {
+    if (!changed_) return env.Null();
+    return Napi::String::New(env, text_);
+  }
+
+  void OnWorkComplete(Napi::Env env, napi_status status) override {
+    state_->busy = false;
+    if (state_->close_requested) state_->CloseNow();
+    PromiseWorker::OnWorkComplete(env, status);
+  }
+
+ private:
+  bool ReadAll() {
+    if (lseek(state_->fd, 0, SEEK_SET) < 0) return Fail("lseek", state_->path);
+    char buf[65536];
+    for (;;) {
+      ssize_t n = read(state_->fd, buf, sizeof(buf));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Fail("read", state_->path);
+      }
+      if (n == 0) break;
+      text_.append(buf, static_cast<size_t>(n));
+    }
+    changed_ = true;
+    return true;
+  }
+
+  std::shared_ptr<WatchState> state_;
+  int timeout_ms_;
+  bool changed_ = false;
+  std::string text_;
+};
+
+class MountWatcher : public Napi::ObjectWrap<MountWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "MountWatcher",
+                       {InstanceMethod<&MountWatcher::Next>("next"), InstanceMethod<&MountWatcher::Close>("close")});
+  }
+
+  // new MountWatcher(path)
+  explicit MountWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MountWatcher>(info) {
+    state_ = std::make_shared<WatchState>();
+    ReadString(info, 0, "path", &state_->path);
+  }
+
+  ~MountWatcher() override {
+    if (!state_->busy) state_->CloseNow();
+    else state_->close_requested = true;
+  }
+
+ private:
+  // next(timeoutMs): the first call reads the table; later calls wait up to timeoutMs for a change and
+  // resolve with the new table text, or null when nothing changed.
+  Napi::Value Next(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint64_t timeout = 0;
+    if (!ReadUint(info, 0, "timeoutMs", 60000.0, &timeout)) return env.Undefined();
+    if (state_->close_requested || state_->path.empty()) {
+      Napi::Error::New(env, "ovl native: the watcher is closed").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    if (state_->busy) {
+      Napi::Error::New(env, "ovl native: next() is already pending").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    state_->busy = true;
+    auto* w = new WatchWorker(env, state_, static_cast<int>(timeout));
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    state_->close_requested = true;
+    if (!state_->busy) state_->CloseNow();
+    return info.Env().Undefined();
+  }
+
+  std::shared_ptr<WatchState> state_;
+};
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mount", Napi::Function::New(env, Mount, "mount"));
   exports.Set("umount", Napi::Function::New(env, Umount, "umount"));
@@ -704,9 +685,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mountId", Napi::Function::New(env, MountId, "mountId"));
   exports.Set("inspectPaths", Napi::Function::New(env, InspectPaths, "inspectPaths"));
   exports.Set("statMount", Napi::Function::New(env, StatMount, "statMount"));
+  exports.Set("MountWatcher", MountWatcher::Define(env));
+  RegisterXattr(env, exports);
   return exports;
 }
 
 }  // namespace
+}  // namespace ovl
 
-NODE_API_MODULE(ovl, Init)
+// NODE_API_MODULE pastes the function name into a symbol, so it needs an unqualified one.
+static Napi::Object InitOvl(Napi::Env env, Napi::Object exports) { return ovl::Init(env, exports); }
+NODE_API_MODULE(ovl, InitOvl)

@@ -81,7 +81,19 @@ export interface StatMountResult {
   options?: string[];
 }
 
+/** An open mountinfo file whose changes can be awaited (poll POLLPRI), re-read on each change. */
+export interface NativeMountWatcher {
+  /**
+   * The first call reads the table. Later calls wait up to `timeoutMs` for the table to change and resolve
+   * with its new text, or null when it did not change in that time. One call at a time.
+   */
+  next(timeoutMs: number): Promise<string | null>;
+  /** Closes the file (after a pending next() returns). */
+  close(): void;
+}
+
 export interface NativeAddon {
+  MountWatcher: new (path: string) => NativeMountWatcher;
   /** mount(2). `data` null passes no data page. */
   mount(source: string, target: string, fstype: string, flags: number, data: string | null): Promise<void>;
   /** umount2(2). */
