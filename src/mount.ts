@@ -16,7 +16,8 @@ import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.j
 import { type FsConfigStep, FsConfigKind, type NativeFailure, native } from "./native.js";
 import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings } from "./overlay-options.js";
 import { mountInfoFromStatmount } from "./statmount.js";
-import { list, toOverlayMount } from "./table.js";
+import { list, settleUpperWork, toOverlayMount } from "./table.js";
+import { inUserNamespace } from "./userns.js";
 import type { OverlayMount } from "./types.js";
 import { type CheckedSpec, type MountSpec, checkPathArg, checkSpec } from "./validate.js";
 
@@ -176,7 +177,7 @@ async function mountByLegacy(spec: CheckedSpec): Promise<{ id: number; unique: b
 async function describe(id: number, unique: boolean, target: string): Promise<OverlayMount> {
   if (unique) {
     try {
-      return toOverlayMount(mountInfoFromStatmount(await native().statMount(id)));
+      return await settleUpperWork(toOverlayMount(mountInfoFromStatmount(await native().statMount(id))));
     } catch (e) {
       if ((e as NativeFailure).errno !== ENOSYS) throw fromNative(e as NativeFailure, { path: target, what: "describing the new mount" });
     }
@@ -303,9 +304,21 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
   }
 }
 
+/**
+ * In a user namespace overlay cannot write `trusted.overlay.*` xattrs: without `userxattr` the mount
+ * succeeds but deleting a lower file fails with EOVERFLOW. Docker and containerd add it there; so does ovl,
+ * unless the caller chose, or chose options that exclude it.
+ */
+async function withRootlessDefaults(spec: CheckedSpec): Promise<CheckedSpec> {
+  const o = spec.options;
+  if (o.userxattr !== undefined || o.metacopy === true || o.redirectDir === "on") return spec;
+  if (!(await inUserNamespace())) return spec;
+  return { ...spec, options: { ...o, userxattr: true } };
+}
+
 /** Mounts an overlay after checking every rule the kernel would apply, naming the path that broke one. */
 export async function mountOverlay(spec: MountSpec): Promise<MountedOverlay> {
-  const checked = await checkSpec(spec);
+  const checked = await withRootlessDefaults(await checkSpec(spec));
   const strategy: KernelStrategy =
     checked.strategy !== "auto"
       ? checked.strategy

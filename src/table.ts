@@ -1,12 +1,12 @@
 /**
  * Reading the mount table: the I/O around the pure parser in mountinfo.ts, and `list()`.
  */
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { resolve } from "node:path";
 import { OverlayError, fromNative, invalidArgType, invalidArgValue } from "./errors.js";
 import { parseMountInfo, type MountInfoIssue } from "./mountinfo.js";
 import { native, type NativeFailure } from "./native.js";
-import { parseOverlayOptions } from "./overlay-options.js";
+import { parseOverlayOptions, unescapeOverlayPath } from "./overlay-options.js";
 import type { MountInfo, OverlayMount } from "./types.js";
 import { checkPathArg } from "./validate.js";
 
@@ -41,6 +41,29 @@ export function toOverlayMount(m: MountInfo): OverlayMount {
     ...(layers.work !== undefined ? { work: layers.work } : {}),
     features: layers.features,
   };
+}
+
+const isDirectory = (path: string) => stat(path).then((st) => st.isDirectory(), () => false);
+
+/**
+ * In the new-API form (`lowerdir+=`) the kernel prints `upperdir=`/`workdir=` literally when they were passed
+ * as file descriptors, but as typed, with overlay's backslash escapes, when they were passed as strings; the
+ * text alone cannot tell which. Where the two readings differ (the path holds a backslash), ask the
+ * filesystem: the reading that names an existing directory wins, the literal one (fds, ovl's default) when
+ * both do. `root` is the prefix under which the mount's paths resolve (`/proc/PID/root` for another process).
+ */
+export async function settleUpperWork(m: OverlayMount, root = ""): Promise<OverlayMount> {
+  if (!m.superOptions.some((o) => o.startsWith("lowerdir+=") || o.startsWith("datadir+="))) return m;
+  const settled: Partial<Pick<OverlayMount, "upper" | "work">> = {};
+  for (const key of ["upper", "work"] as const) {
+    const raw = m.superOptions.find((o) => o.startsWith(`${key}dir=`))?.slice(key.length + 4);
+    if (raw === undefined || !raw.includes("\\")) continue;
+    const escapedReading = unescapeOverlayPath(raw);
+    if (escapedReading === raw) continue;
+    const literalExists = await isDirectory(root + raw);
+    settled[key] = literalExists || !(await isDirectory(root + escapedReading)) ? raw : escapedReading;
+  }
+  return Object.keys(settled).length ? { ...m, ...settled } : m;
 }
 
 /** Reads /proc/self/mountinfo, or /proc/PID/mountinfo. */
@@ -114,8 +137,9 @@ export async function list(opts?: ListOptions): Promise<MountList<MountInfo | Ov
     chosen = hit ? [hit] : [];
   }
   const out = [] as unknown as MountList<MountInfo | OverlayMount>;
+  const root = o.pid === undefined ? "" : `/proc/${o.pid}/root`;
   for (const m of chosen) {
-    if (isOverlay(m)) out.push(toOverlayMount(m));
+    if (isOverlay(m)) out.push(await settleUpperWork(toOverlayMount(m), root));
     else if (o.all) out.push(m);
   }
   Object.defineProperty(out, "issues", { value: issues, enumerable: false });

@@ -1,6 +1,6 @@
 /** Test scaffolding: a private mount namespace check, scratch directories, and an independent mount-table read. */
-import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 
@@ -94,4 +94,20 @@ export function scratch(prefix = "ovl-test-"): Scratch {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Runs `node --input-type=module -e script` as user nobody (65534), optionally inside `unshare -Urm`. */
+export function runAsNobody(script: string, opts: { userNamespace: boolean }): { status: number | null; stdout: string; stderr: string } {
+  const cmd = [
+    "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+    ...(opts.userNamespace ? ["unshare", "-Urm", "--propagation", "private", "--"] : []),
+    process.execPath, "--input-type=module", "-e", script,
+  ];
+  const r = spawnSync(cmd[0]!, cmd.slice(1), { encoding: "utf8" });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** Open file descriptors of this process. */
+export function openFdCount(): number {
+  return readdirSync("/proc/self/fd").length;
 }

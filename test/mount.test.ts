@@ -97,7 +97,7 @@ describe("mounting a real overlay", () => {
       work: L.work,
       target: L.merged,
       flags: { nosuid: true, nodev: true, noatime: true },
-      options: { redirectDir: "on", index: true, xino: "off" },
+      options: { redirectDir: "on", index: true, uuid: "null" },
       source: "my-overlay",
     });
     const listed = await overlay.list({ target: L.merged });
@@ -107,7 +107,7 @@ describe("mounting a real overlay", () => {
     expect(fields).toEqual({ ...listed[0] });
     expect(m.mountOptions).toEqual(["rw", "nosuid", "nodev", "noatime"]);
     expect(m.source).toBe("my-overlay");
-    expect(m.features).toMatchObject({ redirectDir: "on", index: true, xino: "off" });
+    expect(m.features).toMatchObject({ redirectDir: "on", index: true, uuid: "null" });
     const raw = rawMounts().find((r) => r.id === m.id)!;
     expect(raw.superOptions).toContain("redirect_dir=on");
   });

@@ -1,0 +1,119 @@
+import fc from "fast-check";
+import { beforeAll, describe, expect, it } from "vitest";
+import { addonCandidates, native, type NativeAddon } from "../src/native.js";
+import { requirePrivateMountNamespace } from "./helpers.js";
+
+let addon: NativeAddon;
+beforeAll(() => {
+  requirePrivateMountNamespace();
+  addon = native();
+});
+
+/** A call either throws a TypeError/RangeError at once or returns a promise; it never takes the process down. */
+async function callSafely(fn: () => unknown): Promise<"threw" | "settled"> {
+  let result: unknown;
+  try {
+    result = fn();
+  } catch (e) {
+    expect(e).toSatisfy((err: unknown) => err instanceof TypeError || err instanceof RangeError);
+    return "threw";
+  }
+  expect(result).toBeInstanceOf(Promise);
+  await (result as Promise<unknown>).then(
+    () => undefined,
+    (failure: unknown) => expect(failure).toMatchObject({ errno: expect.any(Number), syscall: expect.any(String) }),
+  );
+  return "settled";
+}
+
+const notString = fc.anything().filter((v) => typeof v !== "string");
+const notNumber = fc.anything().filter((v) => typeof v !== "number");
+
+describe("the native addon refuses bad arguments without crashing", () => {
+  it("mount() and umount() with a wrong type anywhere throw TypeError and call nothing", async () => {
+    let calls = 0;
+    await fc.assert(
+      fc.asyncProperty(notString, fc.anything(), fc.anything(), notNumber, async (bad, a, b, flags) => {
+        calls++;
+        expect(await callSafely(() => (addon.mount as Function)(bad, a, b, 0, null))).toBe("threw");
+        expect(await callSafely(() => (addon.mount as Function)("none", "/nonexistent-ovl", "overlay", flags, null))).toBe("threw");
+        expect(await callSafely(() => (addon.umount as Function)(bad, 0))).toBe("threw");
+        expect(await callSafely(() => (addon.umount as Function)("/nonexistent-ovl", flags))).toBe("threw");
+      }),
+      { numRuns: 300 },
+    );
+    expect(calls).toBe(300);
+  });
+
+  it("fsMount() with any steps, flags or target never crashes (probes only: no target)", async () => {
+    const step = fc.oneof(
+      fc.anything(),
+      fc.tuple(fc.oneof(fc.constantFrom(0, 1, 5, 2, -1, 1.5, NaN), fc.anything()), fc.oneof(fc.string(), fc.anything()), fc.oneof(fc.string(), fc.anything())),
+    );
+    const outcomes = { threw: 0, settled: 0 };
+    await fc.assert(
+      fc.asyncProperty(fc.oneof(fc.array(step, { maxLength: 6 }), fc.anything()), fc.anything(), async (steps, attr) => {
+        outcomes[await callSafely(() => (addon.fsMount as Function)("overlay", steps, attr, null))]++;
+        outcomes[await callSafely(() => (addon.fsMount as Function)("overlay", steps, 0, null))]++;
+      }),
+      { numRuns: 400 },
+    );
+    expect(outcomes.threw).toBeGreaterThan(0);
+    expect(outcomes.settled).toBeGreaterThan(0);
+  });
+
+  it("inspectPaths(), statMount(), mountId() and MountWatcher take any input", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.anything(), fc.anything(), async (x, y) => {
+        await callSafely(() => (addon.inspectPaths as Function)(x));
+        await callSafely(() => (addon.inspectPaths as Function)([x, "/", y]));
+        await callSafely(() => (addon.statMount as Function)(x));
+        await callSafely(() => (addon.mountId as Function)(x, y));
+        try {
+          const w = new (addon.MountWatcher as unknown as new (p: unknown) => { next(t: unknown): Promise<unknown>; close(): void })(x);
+          await callSafely(() => w.next(y)).catch(() => undefined);
+          w.close();
+        } catch (e) {
+          expect(e).toBeInstanceOf(Error);
+        }
+      }),
+      { numRuns: 300 },
+    );
+    expect(await callSafely(() => addon.inspectPaths(new Array(1e7)))).toBe("threw");
+    expect(await callSafely(() => addon.statMount(2 ** 60))).toBe("threw");
+    expect(await callSafely(() => addon.mountId("/a\0b", true))).toBe("threw");
+  });
+
+  it("the loader names every place it looked when ovl.node is missing", async () => {
+    const tried = addonCandidates("/nowhere/dist");
+    expect(tried).toContain("/nowhere/build/Release/ovl.node");
+    const { execFileSync } = await import("node:child_process");
+    const script = `
+      import { native } from ${JSON.stringify(new URL("../dist/native.js", import.meta.url).pathname)};
+      try { native(); console.log("loaded"); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, tried: e.tried })); }`;
+    const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], {
+      encoding: "utf8",
+      env: { ...process.env, OVL_NATIVE_PATH: "/nonexistent/ovl.node" },
+    });
+    // With OVL_NATIVE_PATH pointing nowhere the real build is still found after it.
+    expect(out.trim()).toBe("loaded");
+    const copy = `${process.env.TMPDIR ?? "/tmp"}/ovl-loader-${process.pid}`;
+    execFileSync("mkdir", ["-p", `${copy}/dist`]);
+    execFileSync("cp", [new URL("../dist/native.js", import.meta.url).pathname, `${copy}/dist/native.js`]);
+    try {
+      const { OVL_NATIVE_PATH: _, ...envWithout } = process.env;
+      const missing = JSON.parse(
+        execFileSync(process.execPath, ["--input-type=module", "-e", script.replace(new URL("../dist/native.js", import.meta.url).pathname, `${copy}/dist/native.js`)], {
+          encoding: "utf8",
+          env: envWithout,
+        }),
+      );
+      expect(missing.code).toBe("ERR_OVL_NATIVE_MISSING");
+      expect(missing.tried).toEqual([`${copy}/build/Release/ovl.node`, `${copy}/build/Debug/ovl.node`]);
+      for (const p of missing.tried) expect(missing.message).toContain(p);
+      expect(missing.message).toMatch(/npm rebuild/);
+    } finally {
+      execFileSync("rm", ["-rf", copy]);
+    }
+  });
+});

@@ -1,0 +1,81 @@
+import { execFileSync } from "node:child_process";
+import { chmodSync, chownSync, lstatSync, readFileSync, writeFileSync } from "node:fs";
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { realRoot, requirePrivateMountNamespace, runAsNobody, scratch, type Scratch } from "./helpers.js";
+
+const dist = new URL("../dist/index.js", import.meta.url).pathname;
+let s: Scratch;
+beforeAll(() => requirePrivateMountNamespace());
+beforeEach(() => {
+  s = scratch();
+  chmodSync(s.dir, 0o755);
+});
+afterEach(() => s.cleanup());
+
+function ownedByNobody(...names: string[]): string[] {
+  const dirs = s.dirs(...names);
+  for (const d of dirs) chownSync(d, 65534, 65534);
+  return dirs;
+}
+
+// Switching to user nobody needs real root; CI runs as root, so these run there.
+describe.runIf(realRoot)("rootless: an ordinary user in a user namespace", () => {
+  it("mounts, adds userxattr by itself, and can delete a lower file and replace a lower directory", () => {
+    const [l1, l2, upper, work, merged] = ownedByNobody("l1", "l2", "upper", "work", "merged");
+    writeFileSync(`${l1}/file`, "lower file");
+    s.dirs("l2/dir");
+    writeFileSync(`${l2}/dir/inner`, "inner");
+    execFileSync("chown", ["-R", "65534:65534", s.dir]);
+    const script = `
+      import * as overlay from ${JSON.stringify(dist)};
+      import { unlinkSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
+      const m = await overlay.mount({ lower: [${JSON.stringify(l1)}, ${JSON.stringify(l2)}], upper: ${JSON.stringify(upper)}, work: ${JSON.stringify(work)}, target: ${JSON.stringify(merged)} });
+      unlinkSync(${JSON.stringify(`${merged}/file`)});
+      rmSync(${JSON.stringify(`${merged}/dir`)}, { recursive: true });
+      mkdirSync(${JSON.stringify(`${merged}/dir`)});
+      writeFileSync(${JSON.stringify(`${merged}/dir/new`)}, "new");
+      const listed = await overlay.list({ target: ${JSON.stringify(merged)} });
+      console.log(JSON.stringify({ features: m.features, listed: listed.map((l) => l.lower), uid: process.getuid() }));
+      await m.unmount();`;
+    const r = runAsNobody(script, { userNamespace: true });
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout) as { features: { userxattr?: boolean }; listed: string[][]; uid: number };
+    expect(out.uid).toBe(0); // root inside the namespace, nobody outside
+    expect(out.features.userxattr).toBe(true);
+    expect(out.listed).toEqual([[l1, l2]]);
+    const whiteout = lstatSync(`${upper}/file`);
+    expect(whiteout.isCharacterDevice()).toBe(true);
+    expect(whiteout.rdev).toBe(0);
+    expect(readFileSync(`${l1}/file`, "utf8")).toBe("lower file");
+    expect(readFileSync(`${upper}/dir/new`, "utf8")).toBe("new");
+    expect(readFileSync(`${l2}/dir/inner`, "utf8")).toBe("inner");
+  });
+
+  it("respects userxattr: false from the caller", () => {
+    const [l1, upper, work, merged] = ownedByNobody("l1", "upper", "work", "merged");
+    const script = `
+      import * as overlay from ${JSON.stringify(dist)};
+      const m = await overlay.mount({ lower: [${JSON.stringify(l1)}], upper: ${JSON.stringify(upper)}, work: ${JSON.stringify(work)}, target: ${JSON.stringify(merged)}, options: { userxattr: false } });
+      console.log(JSON.stringify(m.features));`;
+    const r = runAsNobody(script, { userNamespace: true });
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).userxattr).toBeUndefined();
+  });
+
+  it("outside a user namespace, EPERM says to use root or a user namespace", () => {
+    const [l1, upper, work, merged] = ownedByNobody("l1", "upper", "work", "merged");
+    const script = `
+      import * as overlay from ${JSON.stringify(dist)};
+      try {
+        await overlay.mount({ lower: [${JSON.stringify(l1)}], upper: ${JSON.stringify(upper)}, work: ${JSON.stringify(work)}, target: ${JSON.stringify(merged)} });
+        console.log("mounted?!");
+      } catch (e) { console.log(JSON.stringify({ code: e.code, errno: e.errno, hint: e.hint, path: e.path })); }`;
+    const r = runAsNobody(script, { userNamespace: false });
+    expect(r.status).toBe(0);
+    const e = JSON.parse(r.stdout);
+    expect(e.code).toBe("EPERM");
+    expect(e.errno).toBe(-1);
+    expect(e.hint).toMatch(/root .*user namespace/);
+  });
+});
