@@ -12,8 +12,8 @@ export { OverlayError } from "./errors.js";
 export type { MountFlags } from "./flags.js";
 export { kernelStrategy, MountedOverlay, umount, type KernelStrategy, type UmountOptions } from "./mount.js";
 export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoResult } from "./mountinfo.js";
-export { parseOverlayOptions, type OverlayLayers } from "./overlay-options.js";
-export { list, readMountTable, isOverlay, toOverlayMount, type ListOptions, type MountList } from "./table.js";
+export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./overlay-options.js";
+export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table.js";
 export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
 export type { MountSpec, MountStrategy } from "./validate.js";
 

@@ -6,7 +6,7 @@ import { resolve } from "node:path";
 import { OverlayError, fromNative, invalidArgType, invalidArgValue } from "./errors.js";
 import { parseMountInfo, type MountInfoIssue } from "./mountinfo.js";
 import { native, type NativeFailure } from "./native.js";
-import { parseOverlayOptions, unescapeOverlayPath } from "./overlay-options.js";
+import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
 import type { MountInfo, OverlayMount } from "./types.js";
 import { checkPathArg } from "./validate.js";
 
@@ -28,19 +28,6 @@ export type MountList<T> = T[] & { issues: MountInfoIssue[] };
 
 export function isOverlay(m: MountInfo): boolean {
   return m.fstype === "overlay";
-}
-
-/** Adds the overlay's layers and features to a mount-table entry. */
-export function toOverlayMount(m: MountInfo): OverlayMount {
-  const layers = parseOverlayOptions(m.superOptions);
-  return {
-    ...m,
-    lower: layers.lower,
-    data: layers.data,
-    ...(layers.upper !== undefined ? { upper: layers.upper } : {}),
-    ...(layers.work !== undefined ? { work: layers.work } : {}),
-    features: layers.features,
-  };
 }
 
 const isDirectory = (path: string) => stat(path).then((st) => st.isDirectory(), () => false);
