@@ -9,6 +9,7 @@ import { Command, CommanderError, Option } from "commander";
 import { list, mount, umount, type MountSpec } from "./index.js";
 import type { MountInfo, OverlayMount } from "./types.js";
 import { formatTable, printable, style } from "./output.js";
+import { addRunCommand } from "./cli-run.js";
 
 export const EXIT = { OK: 0, USAGE: 1, FAILURE: 32, SOME_FAILED: 64 } as const;
 
@@ -145,6 +146,8 @@ export function buildProgram(): Command {
     .action(async (targets: string[], opts) => {
       process.exitCode = await umountCommand(targets, opts);
     });
+
+  addRunCommand(program, reportError);
 
   return program;
 }
