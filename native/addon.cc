@@ -146,10 +146,7 @@ Napi::Value Mount(const Napi::CallbackInfo& info) {
       !ReadString(info, 2, "fstype", &fstype) || !ReadUint(info, 3, "flags", 4294967295.0, &flags) ||
       !ReadOptionalString(info, 4, "data", &data, &has_data))
     return info.Env().Undefined();
-  auto* w = new MountWorker(info.Env(), source, target, fstype, static_cast<unsigned long>(flags), data, has_data);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return Queue(new MountWorker(info.Env(), source, target, fstype, static_cast<unsigned long>(flags), data, has_data));
 }
 
 // --- umount2(2) ------------------------------------------------------------------------------------
@@ -176,10 +173,7 @@ Napi::Value Umount(const Napi::CallbackInfo& info) {
   uint64_t flags = 0;
   if (!ReadString(info, 0, "target", &target) || !ReadUint(info, 1, "flags", 2147483647.0, &flags))
     return info.Env().Undefined();
-  auto* w = new UmountWorker(info.Env(), target, static_cast<int>(flags));
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return Queue(new UmountWorker(info.Env(), target, static_cast<int>(flags)));
 }
 
 // --- the new mount API: fsopen, fsconfig..., fsmount, move_mount -----------------------------------
@@ -322,10 +316,7 @@ Napi::Value FsMount(const Napi::CallbackInfo& info) {
   if (!ReadUint(info, 2, "attrFlags", 4294967295.0, &attr) ||
       !ReadOptionalString(info, 3, "target", &target, &has_target))
     return env.Undefined();
-  auto* w = new FsMountWorker(env, fstype, std::move(steps), static_cast<unsigned>(attr), target, has_target);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return Queue(new FsMountWorker(env, fstype, std::move(steps), static_cast<unsigned>(attr), target, has_target));
 }
 
 // --- statx: the mount id of a path -------------------------------------------------------------------
@@ -364,10 +355,7 @@ Napi::Value MountId(const Napi::CallbackInfo& info) {
     Napi::TypeError::New(info.Env(), "ovl native: argument 'unique' must be a boolean").ThrowAsJavaScriptException();
     return info.Env().Undefined();
   }
-  auto* w = new MountIdWorker(info.Env(), path, info[1].As<Napi::Boolean>().Value());
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return Queue(new MountIdWorker(info.Env(), path, info[1].As<Napi::Boolean>().Value()));
 }
 
 // --- realpath + statx for many paths in one trip (validation input) --------------------------------
@@ -467,10 +455,7 @@ Napi::Value InspectPaths(const Napi::CallbackInfo& info) {
     }
     paths.push_back(std::move(s));
   }
-  auto* w = new InspectWorker(env, std::move(paths));
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return Queue(new InspectWorker(env, std::move(paths)));
 }
 
 // --- statmount(2): one mount's fields by its unique id ----------------------------------------------
@@ -550,10 +535,7 @@ class StatMountWorker : public PromiseWorker {
 Napi::Value StatMount(const Napi::CallbackInfo& info) {
   uint64_t id = 0;
   if (!ReadUint(info, 0, "mountId", 9007199254740991.0, &id)) return info.Env().Undefined();
-  auto* w = new StatMountWorker(info.Env(), id);
-  Napi::Promise p = w->Promise();
-  w->Queue();
-  return p;
+  return Queue(new StatMountWorker(info.Env(), id));
 }
 
 // --- watching the mount table: poll(POLLPRI) on an open mountinfo file --------------------------------
@@ -663,10 +645,7 @@ class MountWatcher : public Napi::ObjectWrap<MountWatcher> {
       return env.Undefined();
     }
     state_->busy = true;
-    auto* w = new WatchWorker(env, state_, static_cast<int>(timeout));
-    Napi::Promise p = w->Promise();
-    w->Queue();
-    return p;
+    return Queue(new WatchWorker(env, state_, static_cast<int>(timeout)));
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {

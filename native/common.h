@@ -159,6 +159,13 @@ class PromiseWorker : public Napi::AsyncWorker {
 };
 
 
+// Queues a worker on the thread pool and returns the promise it will settle.
+inline Napi::Value Queue(PromiseWorker* worker) {
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
 // Registers the exports of one native module file on `exports`.
 void RegisterXattr(Napi::Env env, Napi::Object exports);
 
