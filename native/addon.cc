@@ -51,6 +51,8 @@ namespace ovl {
 namespace {
 
 constexpr unsigned kFsopenCloexec = 0x00000001;
+// /dev/kmsg stamps records with local_clock(), which can trail CLOCK_MONOTONIC by a little.
+constexpr uint64_t kKernelLogSlackMicros = 2000;
 constexpr unsigned kFsmountCloexec = 0x00000001;
 constexpr unsigned kMoveMountFEmptyPath = 0x00000004;
 constexpr unsigned kFsconfigSetFlag = 0;
@@ -125,8 +127,12 @@ class MountWorker : public PromiseWorker {
 
  protected:
   bool Run() override {
-    if (::mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, has_data_ ? data_.c_str() : nullptr) != 0)
-      return Fail("mount", target_);
+    const uint64_t started = MonotonicMicros();
+    if (::mount(source_.c_str(), target_.c_str(), fstype_.c_str(), flags_, has_data_ ? data_.c_str() : nullptr) != 0) {
+      Fail("mount", target_);
+      ReadKernelLog(started - kKernelLogSlackMicros, &error_.kernel_log);
+      return false;
+    }
     return true;
   }
 
@@ -204,6 +210,7 @@ class FsMountWorker : public PromiseWorker {
 
  protected:
   bool Run() override {
+    started_ = MonotonicMicros();
     Fd fsfd(static_cast<int>(syscall(SYS_fsopen, fstype_.c_str(), kFsopenCloexec)));
     if (fsfd.get() < 0) return Fail("fsopen");
     for (size_t i = 0; i < steps_.size(); i++) {
@@ -252,8 +259,10 @@ class FsMountWorker : public PromiseWorker {
     Fail(syscall, path);
     error_.step = step;
     DrainFsLog(fsfd, &error_.messages);
+    if (error_.messages.empty()) ReadKernelLog(started_ - kKernelLogSlackMicros, &error_.kernel_log);
     return false;
   }
+  uint64_t started_ = 0;
 
   std::string fstype_;
   std::vector<ConfigStep> steps_;

@@ -6,9 +6,12 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <time.h>
 #include <unistd.h>
 
 namespace ovl {
@@ -21,7 +24,45 @@ struct SysError {
   std::string path;          // the path the call was about, if any
   int step = -1;             // index of the fsconfig step that failed, if any
   std::vector<std::string> messages;  // fs-context log ("e overlay: ..."), if any
+  std::vector<std::string> kernel_log;  // overlay's lines in the kernel log (dmesg) printed during the call
 };
+
+// CLOCK_MONOTONIC in microseconds: the clock /dev/kmsg stamps its records with.
+inline uint64_t MonotonicMicros() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+// Overlay reports most superblock-stage refusals only to the kernel log. Collects the overlay lines
+// stamped at or after `since_us` ("prio,seq,usec,flags;message" records, one per read()). Needs
+// CAP_SYSLOG (or dmesg_restrict=0); without it, or on any error, collects nothing.
+inline void ReadKernelLog(uint64_t since_us, std::vector<std::string>* out) {
+  int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return;
+  char buf[8192];
+  for (int i = 0; i < 100000; i++) {
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    if (n < 0) {
+      if (errno == EPIPE || errno == EINTR) continue;  // EPIPE: records were overwritten while reading
+      break;                                            // EAGAIN: no more records
+    }
+    if (n == 0) break;
+    std::string rec(buf, static_cast<size_t>(n));
+    size_t semi = rec.find(';');
+    size_t c1 = rec.find(',');
+    size_t c2 = c1 == std::string::npos ? c1 : rec.find(',', c1 + 1);
+    size_t c3 = c2 == std::string::npos ? c2 : rec.find(',', c2 + 1);
+    if (semi == std::string::npos || c3 == std::string::npos || c3 > semi) continue;
+    uint64_t usec = std::strtoull(rec.c_str() + c2 + 1, nullptr, 10);
+    if (usec < since_us) continue;
+    std::string msg = rec.substr(semi + 1);
+    size_t nl = msg.find('\n');  // continuation lines (" KEY=value") follow the message
+    if (nl != std::string::npos) msg.resize(nl);
+    if (msg.rfind("overlayfs: ", 0) == 0 || msg.rfind("overlay: ", 0) == 0) out->push_back(msg);
+  }
+  close(fd);
+}
 
 // Closes a file descriptor when it goes out of scope (on every exit path of a worker).
 class Fd {
@@ -121,6 +162,9 @@ inline Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
   Napi::Array msgs = Napi::Array::New(env, e.messages.size());
   for (size_t i = 0; i < e.messages.size(); i++) msgs.Set(i, Napi::String::New(env, e.messages[i]));
   o.Set("messages", msgs);
+  Napi::Array log = Napi::Array::New(env, e.kernel_log.size());
+  for (size_t i = 0; i < e.kernel_log.size(); i++) log.Set(i, Napi::String::New(env, e.kernel_log[i]));
+  o.Set("kernelLog", log);
   return o;
 }
 

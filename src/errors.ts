@@ -56,9 +56,9 @@ const kernelHints: Record<string, string> = {
   EXDEV: "upper and work must be on the same mount",
 };
 
-/** Strips the fs-context log's severity prefix and trailing newline. */
+/** Strips the fs-context log's severity prefix, the kernel log's "overlayfs: ", and trailing newlines. */
 function cleanKernelMessage(message: string): string {
-  return message.replace(/^[ewi] /, "").replace(/\n+$/, "");
+  return message.replace(/^[ewi] /, "").replace(/^overlayfs: /, "").replace(/\n+$/, "");
 }
 
 /** Turns a native rejection into an OverlayError, naming the path (and step) it was about. */
@@ -70,7 +70,7 @@ export function fromNative(
     throw failure; // not a syscall failure (a TypeError from the addon's own argument checks)
   }
   const { code, description } = describeErrno(failure.errno);
-  const kernelMessages = (failure.messages ?? []).map(cleanKernelMessage);
+  const kernelMessages = [...(failure.messages ?? []), ...(failure.kernelLog ?? [])].map(cleanKernelMessage);
   let detail = context.what ? `${context.what}: ${description}` : description;
   if (kernelMessages.length > 0) detail += ` (kernel: ${kernelMessages.join("; ")})`;
   const hint = context.hints?.[code] ?? kernelHints[code];

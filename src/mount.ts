@@ -106,6 +106,8 @@ export function legacyMountData(spec: CheckedSpec): string {
   return parts.join(",");
 }
 
+const kernelSaidWhy = (f: NativeFailure) => f.messages?.length > 0 || (f.kernelLog?.length ?? 0) > 0;
+
 const mountHints: Record<string, string> = {
   EINVAL:
     "the kernel refused the combination; its reason, if any, is in `dmesg` (overlay writes most of them only there)",
@@ -139,7 +141,7 @@ async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<{ id: 
       path: planned?.path ?? spec.target,
       dest: spec.target,
       what: planned ? `the kernel refused ${planned.label}` : `mounting overlay on '${spec.target}'`,
-      hints: mountHints,
+      hints: kernelSaidWhy(f) ? {} : mountHints,
     });
   }
 }
@@ -161,7 +163,7 @@ async function mountByLegacy(spec: CheckedSpec): Promise<{ id: number; unique: b
     throw fromNative(e as NativeFailure, {
       path: spec.target,
       what: `mounting overlay on '${spec.target}'`,
-      hints: mountHints,
+      hints: kernelSaidWhy(e as NativeFailure) ? {} : mountHints,
     });
   }
   try {
@@ -311,7 +313,9 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
  */
 async function withRootlessDefaults(spec: CheckedSpec): Promise<CheckedSpec> {
   const o = spec.options;
-  if (o.userxattr !== undefined || o.metacopy === true || o.redirectDir === "on") return spec;
+  if (o.userxattr !== undefined || o.metacopy === true || (o.redirectDir !== undefined && o.redirectDir !== "nofollow")) {
+    return spec; // the caller chose, or chose options that rule userxattr out
+  }
   if (!(await inUserNamespace())) return spec;
   return { ...spec, options: { ...o, userxattr: true } };
 }

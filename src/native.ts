@@ -18,6 +18,11 @@ export interface NativeFailure {
   step?: number;
   /** The fs-context log, one message a line, as the kernel wrote it ("e overlay: ..."). */
   messages: string[];
+  /**
+   * Overlay's lines in the kernel log (dmesg) printed while a failed mount ran, where overlay reports most
+   * refusals; empty without CAP_SYSLOG. Lines of a concurrent failure elsewhere may mix in.
+   */
+  kernelLog?: string[];
 }
 
 /** fsconfig() commands the addon accepts in a step (the kernel's FSCONFIG_SET_* numbers). */
@@ -92,7 +97,35 @@ export interface NativeMountWatcher {
   close(): void;
 }
 
+/** lstat(2) facts and overlay xattrs of one path (lstatXattrs) or directory entry (scanDirs); never follows links. */
+export type NativeEntry =
+  | {
+      mode: number;
+      size: number;
+      ino: number;
+      /** Device numbers, for character and block devices only (a whiteout is a character device 0/0). */
+      rdevMajor?: number;
+      rdevMinor?: number;
+      /** The xattrs whose names start with the prefix asked for, full name to raw value. */
+      xattrs: Record<string, Buffer>;
+      /** Listing or reading the xattrs failed with this errno (other than "there are none"). */
+      xattrErrno?: number;
+      xattrSyscall?: string;
+      errno?: undefined;
+    }
+  | { errno: number; syscall: string; mode?: undefined };
+
+/** One directory read by scanDirs: its entries (no `.`/`..`), or why it could not be read. */
+export type NativeDirScan =
+  | { entries: Array<NativeEntry & { name: string }>; errno?: undefined }
+  | { errno: number; syscall: string; entries?: undefined };
+
 export interface NativeAddon {
+  /** lstat(2) of each path plus its xattrs named `prefix*`, in one trip to the thread pool. */
+  lstatXattrs(paths: string[], prefix: string): Promise<NativeEntry[]>;
+  /** Every entry of each directory with lstat(2) facts and xattrs named `prefix*`, in one trip. */
+  scanDirs(dirs: string[], prefix: string): Promise<NativeDirScan[]>;
+
   MountWatcher: new (path: string) => NativeMountWatcher;
   /** mount(2). `data` null passes no data page. */
   mount(source: string, target: string, fstype: string, flags: number, data: string | null): Promise<void>;

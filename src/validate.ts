@@ -103,13 +103,15 @@ export function checkOverlayOptions(value: unknown, name = "spec.options"): Over
   const o = out as OverlayOptions;
   const conflict = (rule: string) =>
     new OverlayError("EINVAL", `overlay options conflict: ${rule}`, { syscall: "mount" });
-  if (o.metacopy === true && o.redirectDir !== undefined && o.redirectDir !== "on" && o.redirectDir !== "follow") {
-    throw conflict(`metacopy needs redirect_dir=on or follow, not redirect_dir=${o.redirectDir}`);
+  // The kernel's own conflict rules (fs/overlayfs/params.c), as observed on 6.18.
+  if (o.metacopy === true && o.redirectDir !== undefined && o.redirectDir !== "on") {
+    throw conflict(`metacopy=on needs redirect_dir=on, not redirect_dir=${o.redirectDir}`);
   }
   if (o.nfsExport === true && o.index === false) throw conflict("nfs_export=on needs index=on");
+  if (o.nfsExport === true && o.metacopy === true) throw conflict("nfs_export=on cannot be combined with metacopy=on");
   if (o.userxattr === true && o.metacopy === true) throw conflict("userxattr cannot be combined with metacopy=on");
-  if (o.userxattr === true && o.redirectDir === "on") {
-    throw conflict("userxattr cannot be combined with redirect_dir=on");
+  if (o.userxattr === true && o.redirectDir !== undefined && o.redirectDir !== "nofollow") {
+    throw conflict(`userxattr allows only redirect_dir=nofollow, not redirect_dir=${o.redirectDir}`);
   }
   return o;
 }
@@ -190,7 +192,7 @@ export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
     ...(spec.work !== undefined ? [{ label: "work directory", path: spec.work }] : []),
     { label: "target", path: spec.target },
   ];
-  const extra = spec.work !== undefined ? [`${spec.work}/work`] : [];
+  const extra = spec.work !== undefined ? [`${spec.work}/work`, `${spec.work}/work/incompat/volatile/dirty`] : [];
   const facts = await native().inspectPaths([...roles.map((r) => r.path), ...extra]);
   const fail = (code: string, detail: string, path: string, hint?: string) =>
     new OverlayError(code, detail, { syscall: "mount", path, dest: spec.target, ...(hint ? { hint } : {}) });
@@ -249,6 +251,16 @@ export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
       );
     }
     await checkWorkdirEmpty(work.facts.realpath!, facts[roles.length], fail);
+    const dirty = facts[roles.length + 1];
+    if (dirty && dirty.errno === undefined) {
+      throw fail(
+        "EINVAL",
+        `work directory '${work.path}' holds the marker of a volatile mount ('${dirty.realpath}'); the kernel refuses ` +
+          "to mount it again because the upper layer may have lost writes",
+        work.path,
+        `if the upper layer is known to be good, remove '${dirty.realpath.replace(/\/dirty$/, "")}'; otherwise start from a new upper and work directory`,
+      );
+    }
   }
   return spec;
 }
