@@ -16,6 +16,8 @@ export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./overl
 export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table.js";
 export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
 export type { MountSpec, MountStrategy } from "./validate.js";
+export { diff, type Change, type DiffLayers } from "./diff.js";
+export { which, type LayerKind, type LayerRef, type WhichResult } from "./which.js";
 
 /** The rest of a spec, after the four positional arguments. */
 export type MountRest = Omit<MountSpec, "lower" | "upper" | "work" | "target">;

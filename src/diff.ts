@@ -1,0 +1,204 @@
+/**
+ * `diff`: what the upper layer changed, like `docker diff`. It walks the upper layer one directory level
+ * at a time, two batched native calls a level however many files it holds, and compares each entry with
+ * what the lower layers showed at that path before (following overlay's own lookup rules).
+ */
+import { realpath, stat } from "node:fs/promises";
+import { resolve } from "node:path";
+import { OverlayError, invalidArgType, invalidArgValue } from "./errors.js";
+import { checkPathArg } from "./validate.js";
+import { LowerLayers, overlayServing, type LowerDir } from "./which.js";
+import { LayerReader, checkXattrAccess, childPath, overlayXattrPrefix, parseRedirect, type LayerEntry } from "./xattr.js";
+
+/** One change, its path from the overlay's root (`/a/b`). */
+export interface Change {
+  path: string;
+  /** Added, Changed, or Deleted. */
+  change: "A" | "C" | "D";
+  /**
+   * A directory that hides the lower directory that was at its path (made opaque, or new inside an opaque
+   * directory): what was in it is gone, each such entry listed as `D`.
+   */
+  opaque?: true;
+  /** A metadata-only copy (`metacopy=on`): mode, owner or times changed, the data is still the lower one. */
+  metadataOnly?: true;
+  /** A renamed (redirected) entry: the path it had, which is reported `D`. */
+  renamedFrom?: string;
+}
+
+/** Layers that need not be mounted. */
+export interface DiffLayers {
+  upper: string;
+  /** Lower layers, top-most first. One string is one layer. */
+  lower: string[] | string;
+  /** Overlay's xattrs are `user.overlay.*` (layers of a `userxattr` mount), not `trusted.overlay.*`. */
+  userxattr?: boolean;
+}
+
+interface Layers {
+  upper: string;
+  lower: string[];
+  userxattr: boolean;
+}
+
+/** A directory of the merged tree that has an upper directory, queued for the walk. */
+interface DirToVisit {
+  /** Its path from the overlay root ("" for the root). */
+  path: string;
+  /** The path its lower contents had before (differs from `path` under a renamed directory). */
+  origin: string;
+  /** Absolute path of the upper directory. */
+  upperDir: string;
+  /** The lower directories it is compared with: what was at `origin` in the lower layers. */
+  base: LowerDir[];
+  /** Whether those lower entries still show through (false under an opaque directory). */
+  merges: boolean;
+}
+
+const byteOrder = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+async function checkLayers(spec: unknown): Promise<Layers> {
+  if (typeof spec !== "object" || spec === null || Array.isArray(spec)) {
+    throw invalidArgType("layers", "of type string or object", spec);
+  }
+  const o = spec as Partial<DiffLayers>;
+  checkPathArg(o.upper, "layers.upper");
+  const lower = typeof o.lower === "string" ? [o.lower] : o.lower;
+  if (!Array.isArray(lower)) throw invalidArgType("layers.lower", "of type string or an array of strings", o.lower);
+  if (lower.length === 0) throw invalidArgValue("layers.lower", lower, "must name at least one lower layer");
+  lower.forEach((l, i) => checkPathArg(l, `layers.lower[${i}]`));
+  if (o.userxattr !== undefined && typeof o.userxattr !== "boolean") {
+    throw invalidArgType("layers.userxattr", "of type boolean", o.userxattr);
+  }
+  const dir = async (path: string, role: string) => {
+    try {
+      const real = await realpath(resolve(path));
+      if (!(await stat(real)).isDirectory()) {
+        throw new OverlayError("ENOTDIR", `${role} is not a directory`, { syscall: "stat", path });
+      }
+      return real;
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (err instanceof OverlayError || (err.code !== "ENOENT" && err.code !== "ENOTDIR")) throw e;
+      throw new OverlayError(err.code, `${role} does not exist`, { syscall: "realpath", path });
+    }
+  };
+  return {
+    upper: await dir(o.upper!, "the upper layer"),
+    lower: await Promise.all(lower.map((l, i) => dir(l, `lower layer ${i + 1}`))),
+    userxattr: o.userxattr ?? false,
+  };
+}
+
+/** The layers of the overlay mounted at `target` (which must be its mount point). */
+async function mountedLayers(target: string): Promise<Layers | undefined> {
+  checkPathArg(target, "target");
+  const abs = resolve(target);
+  let real: string;
+  try {
+    real = await realpath(abs);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code !== "ENOENT" && err.code !== "ENOTDIR") throw e;
+    throw new OverlayError(err.code, "no such mount point", { syscall: "realpath", path: abs });
+  }
+  const m = await overlayServing(real, abs);
+  if (m.target !== real || m.root !== "/") {
+    throw new OverlayError("EINVAL", `not the mount point of an overlay (it is inside the overlay at ${m.target})`, {
+      syscall: "statx",
+      path: abs,
+      hint: `pass the mount point, ${m.target}`,
+    });
+  }
+  if (m.upper === undefined) return undefined; // a read-only overlay changes nothing
+  return { upper: m.upper, lower: m.lower, userxattr: m.features.userxattr ?? false };
+}
+
+/** The names a stack of lower directories shows, each with the entry that shows it (whiteouts hide). */
+function lowerListing(reader: LayerReader, lowers: LowerLayers, base: LowerDir[]): Map<string, LayerEntry> {
+  const shown = new Map<string, LayerEntry>();
+  const decided = new Set<string>();
+  for (const dir of base) {
+    for (const [name, entry] of reader.entries(lowers.abs(dir.layer, dir.path))) {
+      if (decided.has(name)) continue;
+      decided.add(name);
+      if (!entry.whiteout) shown.set(name, entry);
+    }
+  }
+  return shown;
+}
+
+/**
+ * What changed in an overlay's upper layer, sorted by path (byte order): `diff("/merged")` for a mounted
+ * overlay, `diff({ upper, lower })` for layers that are not mounted.
+ */
+export async function diff(target: string | DiffLayers): Promise<Change[]> {
+  const layers = typeof target === "string" ? await mountedLayers(target) : await checkLayers(target);
+  if (!layers) return [];
+  const prefix = overlayXattrPrefix(layers.userxattr);
+  checkXattrAccess(prefix, layers.upper);
+  const reader = new LayerReader(prefix);
+  const lowers = new LowerLayers(reader, layers.lower);
+  const changes = new Map<string, Change>();
+  const note = (c: Change) => changes.set(c.path, c);
+
+  let level: DirToVisit[] = [{ path: "", origin: "", upperDir: layers.upper, base: lowers.roots(), merges: true }];
+  while (level.length > 0) {
+    // Two trips a level: scan every upper directory (and the lower directories an opaque one hides, which
+    // are listed whole), then look up the upper names in the lower directories that still show through
+    // (cheaper than reading large lower directories for a few changes).
+    reader.clear();
+    const lowerDir = (b: LowerDir) => lowers.abs(b.layer, b.path);
+    await reader.scan(level.flatMap((d) => [d.upperDir, ...(d.merges ? [] : d.base.map(lowerDir))]));
+    await reader.prefetch(
+      level.flatMap((d) =>
+        d.merges ? [...reader.entries(d.upperDir).keys()].flatMap((name) => d.base.map((b) => childPath(lowerDir(b), name))) : [],
+      ),
+    );
+    const next: DirToVisit[] = [];
+    for (const dir of level) {
+      const upper = reader.entries(dir.upperDir);
+      const hidden = dir.merges ? undefined : lowerListing(reader, lowers, dir.base);
+      if (hidden) {
+        // Nothing below shows through any more: whatever the upper directory lacks is gone.
+        for (const name of hidden.keys()) {
+          const now = upper.get(name);
+          if (!now || now.whiteout) note({ path: `${dir.path}/${name}`, change: "D" });
+        }
+      }
+      for (const [name, entry] of upper) {
+        const path = `${dir.path}/${name}`;
+        const was = hidden ? hidden.get(name) : (await lowers.lookup(dir.base, name, { isDir: false })).hits[0]?.entry;
+        if (entry.whiteout) {
+          if (was) note({ path, change: "D" });
+          continue;
+        }
+        const change: Change = { path, change: was ? "C" : "A" };
+        const redirect = entry.redirect !== undefined ? parseRedirect(entry.redirect) : undefined;
+        const origin = redirect
+          ? redirect.absolute
+            ? `/${redirect.names.join("/")}`
+            : `${dir.origin}/${redirect.names[0]}`
+          : `${dir.origin}/${name}`;
+        if (redirect) change.renamedFrom = origin;
+        if (entry.type === "directory") {
+          // Compare its contents with what lay at its origin: the same path, or where a rename came from.
+          const found = redirect
+            ? await lowers.lookup(dir.merges ? dir.base : [], name, { isDir: true, redirect })
+            : await lowers.lookup(dir.base, name, { isDir: true });
+          const base = found.hits.filter((h) => h.entry.type === "directory").map(({ layer, path }) => ({ layer, path }));
+          // Opaque itself, or new under an opaque directory: the lower directory that was here is hidden.
+          const merges = !entry.opaque && (redirect !== undefined || dir.merges);
+          if (!merges && was?.type === "directory") change.opaque = true;
+          next.push({ path, origin, upperDir: childPath(dir.upperDir, name), base, merges });
+        } else if (entry.metacopy) {
+          change.metadataOnly = true;
+        }
+        note(change);
+      }
+    }
+    level = next;
+  }
+  reader.clear();
+  return [...changes.values()].sort((a, b) => byteOrder(a.path, b.path));
+}
