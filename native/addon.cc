@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mount.h>
@@ -201,12 +202,15 @@ bool StatxMountId(int dirfd, const char* path, int flags, uint64_t* id, bool* un
   return true;
 }
 
+bool StatMountInto(uint64_t id, size_t size_hint, std::vector<char>* buf);
+Napi::Object StatMountToObject(Napi::Env env, const std::vector<char>& buf);
+
 class FsMountWorker : public PromiseWorker {
  public:
   FsMountWorker(Napi::Env env, std::string fstype, std::vector<ConfigStep> steps, unsigned attr_flags,
-                std::string target, bool create)
+                std::string target, bool create, size_t describe_hint)
       : PromiseWorker(env), fstype_(std::move(fstype)), steps_(std::move(steps)), attr_flags_(attr_flags),
-        target_(std::move(target)), create_(create) {}
+        target_(std::move(target)), create_(create), describe_hint_(describe_hint) {}
 
  protected:
   bool Run() override {
@@ -239,6 +243,8 @@ class FsMountWorker : public PromiseWorker {
     if (!StatxMountId(mfd.get(), "", AT_EMPTY_PATH, &mnt_id_, &unique_)) return Fail("statx");
     if (syscall(SYS_move_mount, mfd.get(), "", AT_FDCWD, target_.c_str(), kMoveMountFEmptyPath) != 0)
       return Fail("move_mount", target_);
+    // Describe the new mount in this same trip; a kernel without statmount (ENOSYS) leaves it to the caller.
+    if (describe_hint_ > 0 && unique_) described_ = StatMountInto(mnt_id_, describe_hint_, &statmount_);
     return true;
   }
 
@@ -247,6 +253,7 @@ class FsMountWorker : public PromiseWorker {
     if (create_) {
       o.Set("mountId", Napi::Number::New(env, static_cast<double>(mnt_id_)));
       o.Set("unique", Napi::Boolean::New(env, unique_));
+      if (described_) o.Set("statmount", StatMountToObject(env, statmount_));
     }
     Napi::Array msgs = Napi::Array::New(env, messages_.size());
     for (size_t i = 0; i < messages_.size(); i++) msgs.Set(i, Napi::String::New(env, messages_[i]));
@@ -269,12 +276,16 @@ class FsMountWorker : public PromiseWorker {
   unsigned attr_flags_;
   std::string target_;
   bool create_;
+  size_t describe_hint_;
   uint64_t mnt_id_ = 0;
   bool unique_ = false;
+  bool described_ = false;
+  std::vector<char> statmount_;
   std::vector<std::string> messages_;
 };
 
-// fsMount(fstype, steps: [kind, key, value?][], attrFlags, target|null)
+// fsMount(fstype, steps: [kind, key, value?][], attrFlags, target|null, describeSizeHint?)
+// A describeSizeHint > 0 also returns the new mount's statmount fields (sized by the hint).
 // With target null the context is configured and then dropped: a probe of what the kernel accepts.
 Napi::Value FsMount(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -322,10 +333,14 @@ Napi::Value FsMount(const Napi::CallbackInfo& info) {
     }
     steps.push_back(std::move(step));
   }
+  uint64_t describe = 0;
   if (!ReadUint(info, 2, "attrFlags", 4294967295.0, &attr) ||
       !ReadOptionalString(info, 3, "target", &target, &has_target))
     return env.Undefined();
-  return Queue(new FsMountWorker(env, fstype, std::move(steps), static_cast<unsigned>(attr), target, has_target));
+  if (info.Length() > 4 && !info[4].IsUndefined() && !ReadUint(info, 4, "describeSizeHint", 16777216.0, &describe))
+    return env.Undefined();
+  return Queue(new FsMountWorker(env, fstype, std::move(steps), static_cast<unsigned>(attr), target, has_target,
+                                 static_cast<size_t>(describe)));
 }
 
 // --- statx: the mount id of a path -------------------------------------------------------------------
@@ -378,11 +393,18 @@ struct PathFacts {
   uint64_t ino = 0;
   uint64_t mnt_id = 0;
   bool unique = false;
+  bool listed = false;           // the directory's entries were asked for
+  int list_err = 0;              // errno of opendir/readdir
+  uint64_t entry_count = 0;      // entries other than . and ..
+  std::vector<std::string> entries;  // the first kMaxListedEntries of them
 };
+
+constexpr size_t kMaxListedEntries = 16;
 
 class InspectWorker : public PromiseWorker {
  public:
-  InspectWorker(Napi::Env env, std::vector<std::string> paths) : PromiseWorker(env), paths_(std::move(paths)) {}
+  InspectWorker(Napi::Env env, std::vector<std::string> paths, std::vector<bool> list)
+      : PromiseWorker(env), paths_(std::move(paths)), list_(std::move(list)) {}
 
  protected:
   bool Run() override {
@@ -411,8 +433,26 @@ class InspectWorker : public PromiseWorker {
       f.ino = stx.stx_ino;
       f.mnt_id = stx.stx_mnt_id;
       f.unique = (stx.stx_mask & STATX_MNT_ID_UNIQUE) != 0;
+      if (list_[i] && S_ISDIR(stx.stx_mode)) ListDir(f);
     }
     return true;
+  }
+
+  static void ListDir(PathFacts& f) {
+    f.listed = true;
+    DIR* dir = opendir(f.real.c_str());
+    if (dir == nullptr) {
+      f.list_err = errno;
+      return;
+    }
+    errno = 0;
+    while (struct dirent* e = readdir(dir)) {
+      if (std::strcmp(e->d_name, ".") == 0 || std::strcmp(e->d_name, "..") == 0) continue;
+      if (f.entries.size() < kMaxListedEntries) f.entries.emplace_back(e->d_name);
+      f.entry_count++;
+    }
+    if (errno != 0) f.list_err = errno;
+    closedir(dir);
   }
   Napi::Value Resolve(Napi::Env env) override {
     Napi::Array out = Napi::Array::New(env, facts_.size());
@@ -430,6 +470,13 @@ class InspectWorker : public PromiseWorker {
         o.Set("ino", Napi::Number::New(env, static_cast<double>(f.ino)));
         o.Set("mountId", Napi::Number::New(env, static_cast<double>(f.mnt_id)));
         o.Set("uniqueMountId", Napi::Boolean::New(env, f.unique));
+        if (f.listed) {
+          if (f.list_err != 0) o.Set("listErrno", Napi::Number::New(env, f.list_err));
+          o.Set("entryCount", Napi::Number::New(env, static_cast<double>(f.entry_count)));
+          Napi::Array names = Napi::Array::New(env, f.entries.size());
+          for (size_t k = 0; k < f.entries.size(); k++) names.Set(k, Napi::String::New(env, f.entries[k]));
+          o.Set("entries", names);
+        }
       }
       out.Set(i, o);
     }
@@ -438,10 +485,13 @@ class InspectWorker : public PromiseWorker {
 
  private:
   std::vector<std::string> paths_;
+  std::vector<bool> list_;
   std::vector<PathFacts> facts_;
 };
 
-// inspectPaths(paths: string[]) -> [{ realpath, mode, devMajor, devMinor, ino, mountId, uniqueMountId } | { errno, syscall }]
+// inspectPaths(paths: string[], list?: number[]) -> [{ realpath, mode, devMajor, devMinor, ino, mountId,
+// uniqueMountId, entryCount?, entries?, listErrno? } | { errno, syscall }]: `list` names the indexes of
+// directories whose entries to read as well (the first 16 names and the count).
 Napi::Value InspectPaths(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array arr;
@@ -464,87 +514,105 @@ Napi::Value InspectPaths(const Napi::CallbackInfo& info) {
     }
     paths.push_back(std::move(s));
   }
-  return Queue(new InspectWorker(env, std::move(paths)));
+  std::vector<bool> list(paths.size(), false);
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    Napi::Array idx;
+    if (!CheckArray(env, info[1], "argument 'list'", &idx)) return env.Undefined();
+    for (uint32_t i = 0; i < idx.Length(); i++) {
+      Napi::Value v = idx.Get(i);
+      if (env.IsExceptionPending()) return env.Undefined();
+      double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0) || d >= static_cast<double>(paths.size()) || d != static_cast<double>(static_cast<size_t>(d))) {
+        Napi::RangeError::New(env, "ovl native: 'list' must hold indexes into 'paths'").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      list[static_cast<size_t>(d)] = true;
+    }
+  }
+  return Queue(new InspectWorker(env, std::move(paths), std::move(list)));
 }
 
 // --- statmount(2): one mount's fields by its unique id ----------------------------------------------
 
+// statmount(2) of one mount into `buf`, growing it until the strings fit. `size_hint` is the caller's guess
+// of the size (options of a 500-layer overlay run to tens of KiB). Returns false with errno set.
+bool StatMountInto(uint64_t id, size_t size_hint, std::vector<char>* buf) {
+  MntIdReq req;
+  std::memset(&req, 0, sizeof(req));
+  req.size = kMntIdReqSizeVer0;
+  req.mnt_id = id;
+  req.param = kStatmountSbBasic | kStatmountMntBasic | kStatmountPropagateFrom | kStatmountMntRoot |
+              kStatmountMntPoint | kStatmountFsType | kStatmountFsSubtype | kStatmountSbSource | kStatmountOptArray;
+  size_t size = sizeof(StatMountBuf) + (size_hint > 4096 ? size_hint : 4096);
+  for (;;) {
+    buf->resize(size);
+    if (syscall(SYS_statmount, &req, buf->data(), buf->size(), 0) == 0) return true;
+    if (errno != EOVERFLOW || size >= (64u << 20)) return false;
+    size *= 4;
+  }
+}
+
+Napi::Object StatMountToObject(Napi::Env env, const std::vector<char>& buf) {
+  const auto* sm = reinterpret_cast<const StatMountBuf*>(buf.data());
+  const char* strs = sm->str;
+  const size_t str_room = buf.size() - sizeof(StatMountBuf);
+  auto str_at = [&](uint32_t off) -> Napi::Value {
+    if (off >= str_room) return env.Undefined();
+    return Napi::String::New(env, strs + off, strnlen(strs + off, str_room - off));
+  };
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("mask", Napi::Number::New(env, static_cast<double>(sm->mask)));
+  o.Set("mountId", Napi::Number::New(env, static_cast<double>(sm->mnt_id)));
+  o.Set("parentMountId", Napi::Number::New(env, static_cast<double>(sm->mnt_parent_id)));
+  o.Set("mountIdOld", Napi::Number::New(env, sm->mnt_id_old));
+  o.Set("parentMountIdOld", Napi::Number::New(env, sm->mnt_parent_id_old));
+  o.Set("devMajor", Napi::Number::New(env, sm->sb_dev_major));
+  o.Set("devMinor", Napi::Number::New(env, sm->sb_dev_minor));
+  o.Set("sbFlags", Napi::Number::New(env, sm->sb_flags));
+  o.Set("mountAttr", Napi::Number::New(env, static_cast<double>(sm->mnt_attr)));
+  o.Set("propagation", Napi::Number::New(env, static_cast<double>(sm->mnt_propagation)));
+  o.Set("peerGroup", Napi::Number::New(env, static_cast<double>(sm->mnt_peer_group)));
+  o.Set("master", Napi::Number::New(env, static_cast<double>(sm->mnt_master)));
+  o.Set("propagateFrom", Napi::Number::New(env, static_cast<double>(sm->propagate_from)));
+  if (sm->mask & kStatmountMntRoot) o.Set("root", str_at(sm->mnt_root));
+  if (sm->mask & kStatmountMntPoint) o.Set("point", str_at(sm->mnt_point));
+  if (sm->mask & kStatmountFsType) o.Set("fsType", str_at(sm->fs_type));
+  if (sm->mask & kStatmountFsSubtype) o.Set("fsSubtype", str_at(sm->fs_subtype));
+  if (sm->mask & kStatmountSbSource) o.Set("source", str_at(sm->sb_source));
+  if (sm->mask & kStatmountOptArray) {
+    Napi::Array opts = Napi::Array::New(env);
+    size_t off = sm->opt_array;
+    for (uint32_t i = 0; i < sm->opt_num && off < str_room; i++) {
+      size_t len = strnlen(strs + off, str_room - off);
+      opts.Set(i, Napi::String::New(env, strs + off, len));
+      off += len + 1;
+    }
+    o.Set("options", opts);
+  }
+  return o;
+}
+
 class StatMountWorker : public PromiseWorker {
  public:
-  StatMountWorker(Napi::Env env, uint64_t id) : PromiseWorker(env), id_(id) {}
+  StatMountWorker(Napi::Env env, uint64_t id, size_t size_hint) : PromiseWorker(env), id_(id), size_hint_(size_hint) {}
 
  protected:
-  bool Run() override {
-    MntIdReq req;
-    std::memset(&req, 0, sizeof(req));
-    req.size = kMntIdReqSizeVer0;
-    req.mnt_id = id_;
-    req.param = kStatmountSbBasic | kStatmountMntBasic | kStatmountPropagateFrom | kStatmountMntRoot |
-                kStatmountMntPoint | kStatmountFsType | kStatmountFsSubtype | kStatmountSbSource |
-                kStatmountOptArray;
-    size_t size = 1 << 14;
-    for (;;) {
-      buf_.assign(size, 0);
-      long rc = syscall(SYS_statmount, &req, buf_.data(), buf_.size(), 0);
-      if (rc == 0) return true;
-      if (errno == EOVERFLOW && size < (64u << 20)) {
-        size *= 4;  // options of a 500-layer overlay run to tens of KiB
-        continue;
-      }
-      return Fail("statmount");
-    }
-  }
-
-  Napi::Value Resolve(Napi::Env env) override {
-    const auto* sm = reinterpret_cast<const StatMountBuf*>(buf_.data());
-    const char* strs = sm->str;
-    const size_t str_room = buf_.size() - sizeof(StatMountBuf);
-    auto str_at = [&](uint32_t off) -> Napi::Value {
-      if (off >= str_room) return env.Undefined();
-      return Napi::String::New(env, strs + off, strnlen(strs + off, str_room - off));
-    };
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("mask", Napi::Number::New(env, static_cast<double>(sm->mask)));
-    o.Set("mountId", Napi::Number::New(env, static_cast<double>(sm->mnt_id)));
-    o.Set("parentMountId", Napi::Number::New(env, static_cast<double>(sm->mnt_parent_id)));
-    o.Set("mountIdOld", Napi::Number::New(env, sm->mnt_id_old));
-    o.Set("parentMountIdOld", Napi::Number::New(env, sm->mnt_parent_id_old));
-    o.Set("devMajor", Napi::Number::New(env, sm->sb_dev_major));
-    o.Set("devMinor", Napi::Number::New(env, sm->sb_dev_minor));
-    o.Set("sbFlags", Napi::Number::New(env, sm->sb_flags));
-    o.Set("mountAttr", Napi::Number::New(env, static_cast<double>(sm->mnt_attr)));
-    o.Set("propagation", Napi::Number::New(env, static_cast<double>(sm->mnt_propagation)));
-    o.Set("peerGroup", Napi::Number::New(env, static_cast<double>(sm->mnt_peer_group)));
-    o.Set("master", Napi::Number::New(env, static_cast<double>(sm->mnt_master)));
-    o.Set("propagateFrom", Napi::Number::New(env, static_cast<double>(sm->propagate_from)));
-    if (sm->mask & kStatmountMntRoot) o.Set("root", str_at(sm->mnt_root));
-    if (sm->mask & kStatmountMntPoint) o.Set("point", str_at(sm->mnt_point));
-    if (sm->mask & kStatmountFsType) o.Set("fsType", str_at(sm->fs_type));
-    if (sm->mask & kStatmountFsSubtype) o.Set("fsSubtype", str_at(sm->fs_subtype));
-    if (sm->mask & kStatmountSbSource) o.Set("source", str_at(sm->sb_source));
-    if (sm->mask & kStatmountOptArray) {
-      Napi::Array opts = Napi::Array::New(env);
-      size_t off = sm->opt_array;
-      for (uint32_t i = 0; i < sm->opt_num && off < str_room; i++) {
-        size_t len = strnlen(strs + off, str_room - off);
-        opts.Set(i, Napi::String::New(env, strs + off, len));
-        off += len + 1;
-      }
-      o.Set("options", opts);
-    }
-    return o;
-  }
+  bool Run() override { return StatMountInto(id_, size_hint_, &buf_) || Fail("statmount"); }
+  Napi::Value Resolve(Napi::Env env) override { return StatMountToObject(env, buf_); }
 
  private:
   uint64_t id_;
+  size_t size_hint_;
   std::vector<char> buf_;
 };
 
-// statMount(uniqueMountId)
+// statMount(uniqueMountId, sizeHint?)
 Napi::Value StatMount(const Napi::CallbackInfo& info) {
-  uint64_t id = 0;
+  uint64_t id = 0, hint = 0;
   if (!ReadUint(info, 0, "mountId", 9007199254740991.0, &id)) return info.Env().Undefined();
-  return Queue(new StatMountWorker(info.Env(), id));
+  if (info.Length() > 1 && !info[1].IsUndefined() && !ReadUint(info, 1, "sizeHint", 16777216.0, &hint))
+    return info.Env().Undefined();
+  return Queue(new StatMountWorker(info.Env(), id, static_cast<size_t>(hint)));
 }
 
 // --- watching the mount table: poll(POLLPRI) on an open mountinfo file --------------------------------

@@ -13,7 +13,7 @@ import { constants } from "node:os";
 import { resolve } from "node:path";
 import { OverlayError, fromNative, invalidArgType } from "./errors.js";
 import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.js";
-import { type FsConfigStep, FsConfigKind, type NativeFailure, native } from "./native.js";
+import { type FsConfigStep, FsConfigKind, type NativeFailure, type StatMountResult, native } from "./native.js";
 import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings, toOverlayMount } from "./overlay-options.js";
 import { mountInfoFromStatmount } from "./statmount.js";
 import { list, settleUpperWork } from "./table.js";
@@ -113,7 +113,21 @@ const mountHints: Record<string, string> = {
     "the kernel refused the combination; its reason, if any, is in `dmesg` (overlay writes most of them only there)",
 };
 
-async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<{ id: number; unique: boolean }> {
+/** Bytes statmount needs for a mount's strings, guessed from its paths (a 500-layer table runs to 55 KB). */
+function statmountSizeHint(spec: CheckedSpec): number {
+  let bytes = 1024 + 2 * byteLength(spec.target);
+  for (const p of [...spec.lower, ...spec.data, spec.upper ?? "", spec.work ?? ""]) bytes += byteLength(p) + 16;
+  return bytes;
+}
+
+interface NewMount {
+  id: number;
+  unique: boolean;
+  /** statmount fields when the mount call already read them. */
+  statmount?: StatMountResult;
+}
+
+async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<NewMount> {
   const plan = fsConfigPlan(spec, byFd);
   if (!byFd) {
     const long = overlongValue(plan);
@@ -132,8 +146,9 @@ async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<{ id: 
       plan.map((p) => p.step),
       mountAttrFlags(spec.flags),
       spec.target,
+      statmountSizeHint(spec),
     );
-    return { id: r.mountId!, unique: r.unique! };
+    return { id: r.mountId!, unique: r.unique!, ...(r.statmount ? { statmount: r.statmount } : {}) };
   } catch (e) {
     const f = e as NativeFailure;
     const planned = f.step !== undefined ? plan[f.step] : undefined;
@@ -146,7 +161,7 @@ async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<{ id: 
   }
 }
 
-async function mountByLegacy(spec: CheckedSpec): Promise<{ id: number; unique: boolean }> {
+async function mountByLegacy(spec: CheckedSpec): Promise<NewMount> {
   const data = legacyMountData(spec);
   if (byteLength(data) > MOUNT_DATA_MAX) {
     throw new OverlayError(
@@ -176,10 +191,12 @@ async function mountByLegacy(spec: CheckedSpec): Promise<{ id: number; unique: b
 }
 
 /** Describes one mount by id: statmount(2) where the kernel has it, else the mount table. */
-async function describe(id: number, unique: boolean, target: string): Promise<OverlayMount> {
+async function describe(made: NewMount, target: string, sizeHint: number): Promise<OverlayMount> {
+  const { id, unique } = made;
+  if (made.statmount) return settleUpperWork(toOverlayMount(mountInfoFromStatmount(made.statmount)));
   if (unique) {
     try {
-      return await settleUpperWork(toOverlayMount(mountInfoFromStatmount(await native().statMount(id))));
+      return await settleUpperWork(toOverlayMount(mountInfoFromStatmount(await native().statMount(id, sizeHint))));
     } catch (e) {
       if ((e as NativeFailure).errno !== ENOSYS) throw fromNative(e as NativeFailure, { path: target, what: "describing the new mount" });
     }
@@ -329,10 +346,11 @@ export async function mountOverlay(spec: MountSpec): Promise<MountedOverlay> {
       : await kernelStrategy().then((best) =>
           best === "string" && overlongValue(fsConfigPlan(checked, false)) ? "legacy" : best,
         );
-  const { id, unique } =
+  const made =
     strategy === "legacy" ? await mountByLegacy(checked) : await mountByFsConfig(checked, strategy === "fd");
   try {
-    return new MountedOverlay(await describe(id, unique, checked.target), unique ? id : undefined, strategy);
+    const entry = await describe(made, checked.target, statmountSizeHint(checked));
+    return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy);
   } catch (e) {
     // Leave nothing half-done: a mount the caller cannot be handed is taken down again.
     await native().umount(checked.target, MNT_DETACH).catch(() => undefined);

@@ -41,6 +41,8 @@ export interface FsMountResult {
   /** The new mount's id: the unique 64-bit one when `unique`, else the reusable mountinfo id. */
   mountId?: number;
   unique?: boolean;
+  /** The new mount's statmount fields, when asked for and the kernel has statmount. */
+  statmount?: StatMountResult;
   /** Warnings the kernel left in the fs-context log of a mount that succeeded. */
   messages: string[];
 }
@@ -59,6 +61,10 @@ export type PathFacts =
       ino: number;
       mountId: number;
       uniqueMountId: boolean;
+      /** For directories listed: how many entries (besides . and ..), and the first 16 names. */
+      entryCount?: number;
+      entries?: string[];
+      listErrno?: number;
       errno?: undefined;
     }
   | { errno: number; syscall: string; realpath?: undefined };
@@ -134,17 +140,27 @@ export interface NativeAddon {
   /**
    * fsopen(fstype), then each fsconfig() step in order, then FSCONFIG_CMD_CREATE, fsmount(attrFlags) and
    * move_mount() onto `target`. With `target` null it stops after the steps and drops the context (a probe).
+   * A `describeSizeHint` > 0 also runs statmount() on the new mount in the same trip.
    */
-  fsMount(fstype: string, steps: FsConfigStep[], attrFlags: number, target: string | null): Promise<FsMountResult>;
+  fsMount(
+    fstype: string,
+    steps: FsConfigStep[],
+    attrFlags: number,
+    target: string | null,
+    describeSizeHint?: number,
+  ): Promise<FsMountResult>;
   /**
    * statx(2) of a path's mount id (follows the path into whatever is mounted there): the unique 64-bit id
    * when `unique` and the kernel has it, else the reusable id mountinfo shows.
    */
   mountId(path: string, unique: boolean): Promise<MountIdResult>;
-  /** realpath(3) then statx(2) of each path, in one trip to the thread pool. */
-  inspectPaths(paths: string[]): Promise<PathFacts[]>;
-  /** statmount(2) of one mount by its unique id. */
-  statMount(uniqueMountId: number): Promise<StatMountResult>;
+  /**
+   * realpath(3) then statx(2) of each path, in one trip to the thread pool; the directories at the indexes in
+   * `list` are also read (entry count and first names).
+   */
+  inspectPaths(paths: string[], list?: number[]): Promise<PathFacts[]>;
+  /** statmount(2) of one mount by its unique id; `sizeHint` guesses the bytes its strings need. */
+  statMount(uniqueMountId: number, sizeHint?: number): Promise<StatMountResult>;
 }
 
 /** Where the loader looks for ovl.node, relative to this module (src/ or dist/). */

@@ -2,7 +2,6 @@
  * Argument checking and the rules the kernel would enforce, checked before any mount syscall runs, so a bad
  * spec fails with the offending path named and nothing mounted.
  */
-import { readdir } from "node:fs/promises";
 import { resolve } from "node:path";
 import { OverlayError, describeErrno, invalidArgType, invalidArgValue } from "./errors.js";
 import { type MountFlags, checkMountFlags } from "./flags.js";
@@ -193,7 +192,10 @@ export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
     { label: "target", path: spec.target },
   ];
   const extra = spec.work !== undefined ? [`${spec.work}/work`, `${spec.work}/work/incompat/volatile/dirty`] : [];
-  const facts = await native().inspectPaths([...roles.map((r) => r.path), ...extra]);
+  // One trip: every path, plus the work directory's entries and those of a leftover `work/work`.
+  const workIndex = roles.findIndex((r) => r.label === "work directory");
+  const listed = workIndex < 0 ? [] : [workIndex, roles.length];
+  const facts = await native().inspectPaths([...roles.map((r) => r.path), ...extra], listed);
   const fail = (code: string, detail: string, path: string, hint?: string) =>
     new OverlayError(code, detail, { syscall: "mount", path, dest: spec.target, ...(hint ? { hint } : {}) });
 
@@ -225,19 +227,27 @@ export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
     if (inside(w, u)) throw fail("EINVAL", `work directory '${w}' is inside upper layer '${u}'; they must be separate`, w);
     if (inside(u, w)) throw fail("EINVAL", `upper layer '${u}' is inside work directory '${w}'; they must be separate`, u);
   }
-  for (let i = 0; i < layers.length; i++) {
-    for (let j = i + 1; j < layers.length; j++) {
-      const a = layers[i]!;
-      const b = layers[j]!;
-      if ((a === upper && b === work) || (a === work && b === upper)) continue;
-      const pa = a.facts.realpath!;
-      const pb = b.facts.realpath!;
-      const hint = "a layer repeats, or one layer lies inside another (or inside upper/work)";
-      if (pa === pb) {
-        throw fail("ELOOP", `${b.label} '${b.path}' is the same directory as ${a.label} '${a.path}' ('${pa}')`, b.path, hint);
+  // A layer repeats or nests: index the resolved paths, then walk up from each one (O(layers x depth), not
+  // every pair: 500 layers are 125,000 pairs).
+  const hint = "a layer repeats, or one layer lies inside another (or inside upper/work)";
+  const byPath = new Map<string, Role>();
+  for (const r of layers) {
+    const p = r.facts.realpath;
+    const first = byPath.get(p);
+    const upperWorkPair = first && ((first === upper && r === work) || (first === work && r === upper));
+    if (first && !upperWorkPair) {
+      throw fail("ELOOP", `${r.label} '${r.path}' is the same directory as ${first.label} '${first.path}' ('${p}')`, r.path, hint);
+    }
+    if (!first) byPath.set(p, r);
+  }
+  for (const r of layers) {
+    const p = r.facts.realpath;
+    for (let cut = p.lastIndexOf("/"); cut >= 0; cut = p.lastIndexOf("/", cut - 1)) {
+      const ancestor = byPath.get(cut === 0 ? "/" : p.slice(0, cut));
+      if (ancestor && ancestor !== r && !((ancestor === upper && r === work) || (ancestor === work && r === upper))) {
+        throw fail("ELOOP", `${r.label} '${p}' is inside ${ancestor.label} '${ancestor.facts.realpath}'`, r.path, hint);
       }
-      if (inside(pb, pa)) throw fail("ELOOP", `${b.label} '${pb}' is inside ${a.label} '${pa}'`, b.path, hint);
-      if (inside(pa, pb)) throw fail("ELOOP", `${a.label} '${pa}' is inside ${b.label} '${pb}'`, a.path, hint);
+      if (cut === 0) break;
     }
   }
   if (upper && work) {
@@ -250,7 +260,7 @@ export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
         "put the work directory beside the upper layer, e.g. both under one directory",
       );
     }
-    await checkWorkdirEmpty(work.facts.realpath!, facts[roles.length], fail);
+    checkWorkdirEmpty(work.facts.realpath, work.facts, facts[roles.length], fail);
     const dirty = facts[roles.length + 1];
     if (dirty && dirty.errno === undefined) {
       throw fail(
@@ -265,22 +275,30 @@ export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
   return spec;
 }
 
-async function checkWorkdirEmpty(
+function checkWorkdirEmpty(
   work: string,
+  workFacts: FoundPath,
   workWorkFacts: PathFacts | undefined,
   fail: (code: string, detail: string, path: string, hint?: string) => OverlayError,
-): Promise<void> {
-  const entries = await readdir(work);
-  if (entries.length === 0) return;
+): void {
+  if (workFacts.listErrno !== undefined) {
+    const { code, description } = describeErrno(workFacts.listErrno);
+    throw fail(code, `work directory '${work}' cannot be read: ${description}`, work);
+  }
+  const entries = workFacts.entries ?? [];
+  if (!workFacts.entryCount) return;
   // Overlay's own leftovers: `index/`, and `work/` as overlay leaves it (mode 000, or empty). A user's
   // directory named `work` with something in it is not a leftover: the kernel would wipe it.
-  let workIsLeftover = false;
-  if (entries.includes("work") && workWorkFacts && workWorkFacts.errno === undefined && isDir(workWorkFacts.mode)) {
-    workIsLeftover = (workWorkFacts.mode & 0o7777) === 0 || (await readdir(`${work}/work`)).length === 0;
-  }
-  const foreign = entries.filter((name) => !(name === "index" || (name === "work" && workIsLeftover)));
-  if (foreign.length > 0) {
-    const shown = foreign.slice(0, 3).map((n) => `'${n}'`).join(", ") + (foreign.length > 3 ? `, and ${foreign.length - 3} more` : "");
+  const workIsLeftover =
+    !!workWorkFacts &&
+    workWorkFacts.errno === undefined &&
+    isDir(workWorkFacts.mode) &&
+    ((workWorkFacts.mode & 0o7777) === 0 || workWorkFacts.entryCount === 0);
+  const leftovers = entries.filter((name) => name === "index" || (name === "work" && workIsLeftover)).length;
+  if (workFacts.entryCount > leftovers) {
+    const foreign = entries.filter((name) => !(name === "index" || (name === "work" && workIsLeftover)));
+    const more = workFacts.entryCount - leftovers - foreign.slice(0, 3).length;
+    const shown = foreign.slice(0, 3).map((n) => `'${n}'`).join(", ") + (more > 0 ? `, and ${more} more` : "");
     throw fail(
       "ENOTEMPTY",
       `work directory '${work}' is not empty (holds ${shown}); the kernel wipes '${work}/work' at mount, so ovl ` +
