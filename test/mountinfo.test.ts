@@ -460,4 +460,85 @@ describe("parseMountInfo properties", () => {
       { numRuns: 1_000 },
     );
   });
+
+  it("with `fstype`, gives exactly the mounts of that type (generated lines)", () => {
+    const typed = fc.record({
+      mount: mountInfo,
+      fstype: fc.oneof(fc.constantFrom("overlay", "overlayfs", "overlay.sub", "tmpfs", "over lay", "-"), text(6)),
+    });
+    fc.assert(
+      fc.property(fc.array(typed, { minLength: 1, maxLength: 8 }), fc.nat(7), (rows, pick) => {
+        const mounts = rows.map(({ mount, fstype }) => ({ ...mount, fstype }));
+        const body = mounts.map(serialize).join("\n");
+        for (const fstype of ["overlay", mounts[pick % mounts.length]!.fstype]) {
+          const r = parseMountInfo(body, { fstype, strict: true });
+          expect(r.issues).toEqual([]);
+          expect(r.mounts).toEqual(mounts.filter((m) => m.fstype === fstype));
+        }
+      }),
+      { numRuns: 1_000 },
+    );
+  });
+
+  it("with `fstype`, reports the same issues as a full parse for the lines it looks at", () => {
+    const chunk = fc.oneof(
+      fc.string({ unit: "binary" }),
+      fc.constantFrom(" ", "  ", "-", " - overlay ", " - overlay", "\n", "\\", "1 2 0:3 / /m rw", "overlay", "0", "12"),
+    );
+    fc.assert(
+      fc.property(fc.array(chunk, { maxLength: 40 }), (parts) => {
+        const input = parts.join("");
+        const full = parseMountInfo(input);
+        const some = parseMountInfo(input, { fstype: "overlay" });
+        expect(some.mounts).toEqual(full.mounts.filter((m) => m.fstype === "overlay"));
+        const lines = input.split("\n");
+        const looked = full.issues.filter((i) => lines[i.line - 1]!.includes(" - overlay "));
+        expect(some.issues).toEqual(looked);
+      }),
+      { numRuns: 2_000 },
+    );
+  });
+});
+
+describe("parseMountInfo with `fstype`", () => {
+  it("picks the overlays of the recorded tables without parsing the other lines", () => {
+    for (const name of ["kernel-6.18-general.txt", "kernel-6.18-overlay.txt"]) {
+      const t = fixture(name);
+      const overlays = parseMountInfo(t, { fstype: "overlay" });
+      expect(overlays.issues).toEqual([]);
+      expect(overlays.mounts.length).toBeGreaterThan(0);
+      expect(overlays.mounts).toEqual(parseMountInfo(t).mounts.filter((m) => m.fstype === "overlay"));
+    }
+  });
+
+  it("ignores ' - overlay ' inside another filesystem's options, and finds an escaped type", () => {
+    const t = [
+      "30 1 0:30 / /a rw - tmpfs tmpfs rw,raw - overlay text",
+      "31 1 0:31 / /b rw - overlay ov rw,lowerdir=/l1:/l2",
+      "32 1 0:32 / /c rw - fuse.my\\040fs src rw",
+    ].join("\n");
+    expect(parseMountInfo(t, { fstype: "overlay" }).mounts.map((m) => m.id)).toEqual([31]);
+    expect(parseMountInfo(t, { fstype: "fuse.my fs" }).mounts.map((m) => m.id)).toEqual([32]);
+    expect(parseMountInfo(t, { fstype: "ext4" })).toEqual({ mounts: [], issues: [] });
+  });
+
+  it("reports malformed candidate lines with their line numbers, and throws in strict mode", () => {
+    const t = [
+      "30 1 0:30 / /a rw - tmpfs tmpfs rw",
+      "garbage without the separator",
+      "",
+      "x1 1 0:31 / /b rw - overlay ov rw",
+      "31 1 0:31 / /c rw - overlay ov rw,lowerdir=/l1:/l2",
+      "32 1 0:32 / /d rw - overlay ",
+    ].join("\n");
+    const r = parseMountInfo(t, { fstype: "overlay" });
+    expect(r.mounts.map((m) => m.id)).toEqual([31]);
+    expect(r.issues).toEqual([
+      { line: 4, text: "x1 1 0:31 / /b rw - overlay ov rw", reason: "mount id is not a number" },
+      { line: 6, text: "32 1 0:32 / /d rw - overlay ", reason: "missing super options" },
+    ]);
+    expect(() => parseMountInfo(t, { fstype: "overlay", strict: true })).toThrow(
+      expect.objectContaining({ line: 4, reason: "mount id is not a number" }),
+    );
+  });
 });
