@@ -3,6 +3,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 /** True when the tests run as real root (not root inside a user namespace). */
 export const realRoot = process.env.OVL_TEST_NAMESPACE === "root";
@@ -95,6 +96,12 @@ export function scratch(prefix = "ovl-test-"): Scratch {
     },
   };
 }
+
+/**
+ * The built package as the user nobody can read it: this checkout, or a world-readable copy that
+ * scripts/run-tests.js staged for the run when nobody cannot read the checkout.
+ */
+export const packageRootForNobody = process.env.OVL_TEST_NOBODY_ROOT ?? fileURLToPath(new URL("..", import.meta.url));
 
 /** Runs `node --input-type=module -e script` as user nobody (65534), optionally inside `unshare -Urm`. */
 export function runAsNobody(script: string, opts: { userNamespace: boolean }): { status: number | null; stdout: string; stderr: string } {

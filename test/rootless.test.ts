@@ -1,9 +1,10 @@
 import { execFileSync } from "node:child_process";
 import { chmodSync, chownSync, lstatSync, readFileSync, writeFileSync } from "node:fs";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { realRoot, requirePrivateMountNamespace, runAsNobody, scratch, type Scratch } from "./helpers.js";
+import { join } from "node:path";
+import { packageRootForNobody, realRoot, requirePrivateMountNamespace, runAsNobody, scratch, type Scratch } from "./helpers.js";
 
-const dist = new URL("../dist/index.js", import.meta.url).pathname;
+const dist = join(packageRootForNobody, "dist", "index.js");
 let s: Scratch;
 beforeAll(() => requirePrivateMountNamespace());
 beforeEach(() => {

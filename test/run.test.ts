@@ -2,7 +2,8 @@ import { chmodSync, existsSync, readFileSync, readdirSync, writeFileSync } from 
 import { tmpdir } from "node:os";
 import { execa } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { mountsUnder, realRoot, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { join } from "node:path";
+import { mountsUnder, packageRootForNobody, realRoot, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 const cli = new URL("../dist/cli.js", import.meta.url).pathname;
 const ovlRunDirs = () => readdirSync(tmpdir()).filter((n) => n.startsWith("ovl-run-"));
@@ -65,7 +66,7 @@ describe("ovl run", () => {
     const { l1, l2 } = layers();
     const r = await execa(
       "setpriv",
-      ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "node", cli, "run", "--lower", l1, "--lower", l2, "--tmp", "--", "sh", "-c", "id -u; rm base; ls; exit 3"],
+      ["--reuid=65534", "--regid=65534", "--clear-groups", "--", "node", join(packageRootForNobody, "dist", "cli.js"), "run", "--lower", l1, "--lower", l2, "--tmp", "--", "sh", "-c", "id -u; rm base; ls; exit 3"],
       { reject: false },
     );
     expect(r.stderr).toBe("");
