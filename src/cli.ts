@@ -2,52 +2,148 @@
 /**
  * The `ovl` command: a thin shell over the library, in util-linux's vocabulary.
  * Exit codes follow mount(8)/umount(8): 0 success, 1 usage or permission, 32 mount failure,
- * 64 some of several targets succeeded.
+ * 64 some of several targets succeeded. Output for people goes to stdout, diagnostics to stderr.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, realpathSync } from "node:fs";
+import { realpath } from "node:fs/promises";
+import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
-import { list, mount, umount, type MountSpec } from "./index.js";
-import type { MountInfo, OverlayMount } from "./types.js";
-import { formatTable, printable, style } from "./output.js";
+import { addInspectCommands } from "./cli-inspect.js";
 import { addRunCommand } from "./cli-run.js";
+import { demoCommand } from "./demo.js";
+import { describeErrno } from "./errors.js";
+import { findHolders, submountsOf, unmountOrder, type Holder, type HolderList } from "./fuser.js";
+import { list, mount, umount, watch, type MountSpec } from "./index.js";
+import { MountOptionError, parseMountOptions } from "./mount-options.js";
+import { native, type NativeFailure } from "./native.js";
+import { formatMountEvent, formatMountList, formatTable, printable, style } from "./output.js";
 
 export const EXIT = { OK: 0, USAGE: 1, FAILURE: 32, SOME_FAILED: 64 } as const;
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
-const debug = () => process.argv.includes("--debug") || !!process.env.OVL_DEBUG;
 
-/** `ovl: <command> <path>: <what is wrong> (<CODE>)`, a hint on the next line, exit code chosen by kind. */
-function reportError(command: string, err: unknown): number {
-  const e = err as Error & { code?: string; path?: string; hint?: string };
-  if (debug()) console.error(e.stack ?? e);
-  const what = e.message.replace(/^[A-Z0-9_]+: /, "").replace(/\. Hint: .*$/s, "").replace(/, \w+ '.*'$/s, "");
-  const path = e.path !== undefined ? ` ${printable(e.path)}` : "";
-  console.error(`ovl: ${command}${path}: ${printable(what, { keepNewlines: false })}${e.code ? ` (${e.code})` : ""}`);
-  if (e.hint) console.error(`ovl: hint: ${e.hint}`);
-  if (e.code === "EPERM" || e.code === "EACCES" || e.code?.startsWith("ERR_")) return EXIT.USAGE;
+/** Stack traces with errors: `--debug`, or OVL_DEBUG set to anything but "" or "0". */
+let debug = !!process.env.OVL_DEBUG && process.env.OVL_DEBUG !== "0";
+
+/** A mistake in how the command was called: exit 1, no error code. */
+class UsageError extends Error {
+  constructor(
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+type ErrorLike = Error & { code?: string; path?: string; hint?: string; syscall?: string };
+
+const usageCodes = new Set(["EPERM", "EACCES"]);
+
+/** The exit code for an error, by kind. */
+function exitCodeFor(err: unknown): number {
+  const code = (err as ErrorLike)?.code;
+  if (err instanceof UsageError || err instanceof MountOptionError) return EXIT.USAGE;
+  if (code !== undefined && (usageCodes.has(code) || code.startsWith("ERR_"))) return EXIT.USAGE;
   return EXIT.FAILURE;
 }
 
-function layerSummary(m: OverlayMount): string {
-  const all = [...m.lower, ...m.data.map((d) => `${d} (data)`)];
-  if (all.length > 4) return `${m.lower.length} layers${m.data.length ? ` + ${m.data.length} data` : ""}`;
-  return all.map((p) => printable(p)).join(" > ");
+/** What umount(8) says, in the same words, for the errors umount2(2) gives. */
+const umountWords: Record<string, { what: string; hint?: (path: string) => string }> = {
+  EBUSY: { what: "target is busy", hint: (p) => `'ovl umount -l ${p}' detaches it now and frees it when the last user is gone` },
+  EINVAL: { what: "not a mount point" },
+  ENOENT: { what: "no such file or directory" },
+  ENOTDIR: { what: "a component of the path is not a directory" },
+  EPERM: {
+    what: "permission denied",
+    hint: () => "unmounting needs root (CAP_SYS_ADMIN), or the user namespace that owns the mount namespace",
+  },
+};
+
+/** The parts of an error line: the path it is about, what is wrong, the code and a hint. */
+function describeError(command: string, err: unknown): { path?: string; what: string; code?: string; hint?: string } {
+  if (!(err instanceof Error)) return { what: String(err) };
+  const e = err as ErrorLike;
+  const path = e.path;
+  if (command === "umount" && e.code && umountWords[e.code] && path !== undefined) {
+    const words = umountWords[e.code]!;
+    return { path, what: words.what, code: e.code, ...(words.hint ? { hint: words.hint(path) } : {}) };
+  }
+  // OverlayError and Node's system errors: `CODE: detail, syscall 'path'. Hint: ...`; keep the detail.
+  let what = e.message.replace(/\. Hint: .*$/s, "");
+  if (e.code && what.startsWith(`${e.code}: `)) what = what.slice(e.code.length + 2);
+  if (e.syscall !== undefined) what = what.replace(new RegExp(`, ${e.syscall}( '.*')?$`, "s"), "");
+  let hint = e.hint;
+  if (e.code === "EPERM" && command === "mount") {
+    hint = "mounting needs root (CAP_SYS_ADMIN), or a user namespace that owns the mount namespace (unshare -Urm, then -o userxattr)";
+  }
+  if (e.code === "EBUSY" && hint) hint = hint.replace("`lazy: true` (umount -l)", "'ovl umount -l'");
+  return {
+    ...(path !== undefined ? { path } : {}),
+    what,
+    ...(e.code && !(err instanceof UsageError) ? { code: e.code } : {}),
+    ...(hint ? { hint } : {}),
+  };
 }
 
-function keyOptions(m: OverlayMount): string {
-  const f = m.features;
-  const out: string[] = [m.mountOptions[0] ?? "rw"];
-  if (f.redirectDir) out.push(`redirect_dir=${f.redirectDir}`);
-  if (f.index !== undefined) out.push(`index=${f.index ? "on" : "off"}`);
-  if (f.metacopy !== undefined) out.push(`metacopy=${f.metacopy ? "on" : "off"}`);
-  if (f.xino) out.push(`xino=${f.xino}`);
-  if (f.userxattr) out.push("userxattr");
-  if (f.volatile) out.push("volatile");
-  return out.join(",");
+/**
+ * Prints `ovl: <command> <path>: <what is wrong> (<CODE>)`, any `details` lines, and a hint line to stderr,
+ * and returns the exit code for the error. With --debug or OVL_DEBUG, the stack too.
+ */
+export function reportError(command: string, err: unknown, details: { lines: string[]; hints: string[] } = { lines: [], hints: [] }): number {
+  if (debug) console.error((err as Error)?.stack ?? err);
+  const d = describeError(command, err);
+  const path = d.path !== undefined ? ` ${printable(d.path)}` : "";
+  const code = d.code ? ` (${d.code})` : "";
+  console.error(`ovl: ${command}${path}: ${printable(d.what, { keepNewlines: false })}${code}`);
+  for (const line of details.lines) console.error(`ovl:   ${line}`);
+  for (const hint of [...details.hints, ...(d.hint ? [d.hint] : [])]) {
+    console.error(`ovl: hint: ${printable(hint, { keepNewlines: false })}`);
+  }
+  return exitCodeFor(err);
 }
 
-async function lsCommand(target: string | undefined, opts: { all?: boolean; pid?: string; json?: boolean }) {
-  const pid = opts.pid === undefined ? undefined : Number(opts.pid);
+// --- ls ------------------------------------------------------------------------------------------------
+
+interface LsOptions {
+  all?: boolean;
+  pid?: string;
+  json?: boolean;
+  watch?: boolean;
+}
+
+function pidOption(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const pid = Number(value);
+  if (!/^\d+$/.test(value) || pid <= 0) throw new UsageError(`--pid needs a process id, got '${value}'`);
+  return pid;
+}
+
+/**
+ * `ls --watch`: one line per mount, unmount or change as it happens (like `findmnt --poll`), or one JSON
+ * object per line with --json. With a target, only the mounts on that path. Runs until interrupted.
+ */
+async function lsWatch(target: string | undefined, opts: LsOptions): Promise<number> {
+  const pid = pidOption(opts.pid);
+  const path = target !== undefined ? resolve(target) : undefined;
+  await using events = watch({
+    ...(opts.all ? { all: true } : {}),
+    ...(pid !== undefined ? { pid } : {}),
+    onIssue: (issue) => console.error(`ovl: ls: skipped mountinfo line ${issue.line}: ${issue.reason}`),
+  });
+  await events.ready;
+  console.error(`ovl: ls: watching ${opts.all ? "all mounts" : "overlays"}${path !== undefined ? ` on ${printable(path)}` : ""} (Ctrl-C to stop)`);
+  for await (const e of events) {
+    if (path !== undefined && e.mount.target !== path) continue;
+    process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : formatMountEvent(e.type, e.mount));
+  }
+  return EXIT.OK;
+}
+
+async function lsCommand(target: string | undefined, opts: LsOptions): Promise<number> {
+  if (opts.watch) return lsWatch(target, opts);
+  const pid = pidOption(opts.pid);
   const mounts = await list({
     ...(opts.all ? { all: true } : {}),
     ...(pid !== undefined ? { pid } : {}),
@@ -56,50 +152,215 @@ async function lsCommand(target: string | undefined, opts: { all?: boolean; pid?
   });
   if (opts.json) {
     process.stdout.write(`${JSON.stringify(mounts, null, 2)}\n`);
-    return;
+    return EXIT.OK;
   }
   if (mounts.length === 0) {
-    if (process.stdout.isTTY) console.error(target ? `ovl: ls: no overlay at ${printable(target)}` : "ovl: ls: no overlays mounted");
-    return target ? EXIT.USAGE : EXIT.OK;
+    if (target !== undefined) {
+      console.error(`ovl: ls ${printable(resolve(target))}: no overlay at or above this path`);
+      return EXIT.USAGE;
+    }
+    if (process.stdout.isTTY) console.error("ovl: ls: no overlays mounted");
+    return EXIT.OK;
   }
-  const rows = mounts.map((m) =>
-    "lower" in m
-      ? [printable(m.target), layerSummary(m), printable(m.upper ?? "-"), printable(m.work ?? "-"), keyOptions(m)]
-      : [printable(m.target), `${(m as MountInfo).fstype} ${printable((m as MountInfo).source)}`, "-", "-", (m as MountInfo).mountOptions[0] ?? ""],
-  );
-  process.stdout.write(formatTable(["TARGET", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"], rows));
+  process.stdout.write(formatMountList(mounts));
   return EXIT.OK;
 }
 
-async function mountCommand(
-  target: string,
-  opts: { lower?: string[]; upper?: string; work?: string; data?: string[]; readOnly?: boolean },
-) {
-  const spec: MountSpec = {
-    lower: opts.lower ?? [],
-    target,
-    ...(opts.upper !== undefined ? { upper: opts.upper } : {}),
-    ...(opts.work !== undefined ? { work: opts.work } : {}),
-    ...(opts.data ? { data: opts.data } : {}),
-    ...(opts.readOnly ? { flags: { readonly: true } } : {}),
-  };
-  const m = await mount(spec);
-  if (process.stdout.isTTY) console.log(`${style("green", "mounted")} overlay on ${printable(m.target)} (${m.lower.length} lower layer${m.lower.length === 1 ? "" : "s"}${m.upper ? ", upper " + printable(m.upper) : ", read-only"})`);
+// --- mount ---------------------------------------------------------------------------------------------
+
+interface MountCliOptions {
+  lower?: string[];
+  upper?: string;
+  work?: string;
+  data?: string[];
+  readOnly?: boolean;
+  options?: string[];
+  type?: string;
 }
 
-async function umountCommand(targets: string[], opts: { lazy?: boolean; force?: boolean }): Promise<number> {
-  let failed = 0;
-  for (const t of targets) {
+/** The library spec for `ovl mount`, from the flags and/or mount(8)'s `-o` string. */
+export function mountSpecFromCli(source: string | undefined, target: string, opts: MountCliOptions): MountSpec {
+  if (opts.type !== undefined && opts.type !== "overlay") {
+    throw new UsageError(`-t ${opts.type}: ovl mounts only overlay filesystems`, "leave out -t, or use -t overlay");
+  }
+  const o = parseMountOptions(opts.options ?? []);
+  const both = (flag: string, option: string) =>
+    new UsageError(`${flag} and -o ${option} both give the ${flag.slice(2)} layer${flag === "--work" ? "" : "s"}; give them one way`);
+  if (opts.lower && o.lower) throw both("--lower", "lowerdir=");
+  if (opts.upper !== undefined && o.upper !== undefined) throw both("--upper", "upperdir=");
+  if (opts.work !== undefined && o.work !== undefined) throw both("--work", "workdir=");
+  if (opts.data && o.data) throw both("--data", "lowerdir=A::DATA / datadir+=");
+  const lower = opts.lower ?? o.lower;
+  if (!lower || lower.length === 0) {
+    throw new UsageError("no lower layer given", "give --lower DIR (repeat for more, top-most first) or -o lowerdir=DIR1:DIR2");
+  }
+  const upper = opts.upper ?? o.upper;
+  const work = opts.work ?? o.work;
+  const data = opts.data ?? o.data;
+  const flags = { ...o.flags, ...(opts.readOnly ? { readonly: true } : {}) };
+  return {
+    lower,
+    target,
+    ...(upper !== undefined ? { upper } : {}),
+    ...(work !== undefined ? { work } : {}),
+    ...(data ? { data } : {}),
+    ...(Object.keys(o.options).length > 0 ? { options: o.options } : {}),
+    ...(Object.keys(flags).length > 0 ? { flags } : {}),
+    ...(source !== undefined ? { source } : {}),
+  };
+}
+
+async function mountCommand(args: string[], opts: MountCliOptions): Promise<number> {
+  // mount(8)'s `mount -t overlay SOURCE TARGET` form: with two arguments the first is the source.
+  if (args.length > 2) throw new UsageError(`too many arguments: ${args.map((a) => `'${a}'`).join(" ")}`, "ovl mount [options] [SOURCE] TARGET");
+  const [source, target] = args.length === 2 ? [args[0], args[1]!] : [undefined, args[0]!];
+  const m = await mount(mountSpecFromCli(source, target, opts));
+  if (process.stdout.isTTY) {
+    const layers = `${m.lower.length} lower layer${m.lower.length === 1 ? "" : "s"}`;
+    console.log(`${style("green", "mounted")} overlay on ${printable(m.target)} (${layers}${m.upper ? `, upper ${printable(m.upper)}` : ", read-only"})`);
+  }
+  return EXIT.OK;
+}
+
+// --- umount --------------------------------------------------------------------------------------------
+
+let userNames: Map<number, string> | undefined;
+
+/** The user name for a uid, from /etc/passwd (Node has no getpwuid), else the number. */
+function userName(uid: number): string {
+  if (!userNames) {
+    userNames = new Map();
     try {
-      await umount(t, { lazy: !!opts.lazy, force: !!opts.force });
-    } catch (err) {
-      failed++;
-      reportError("umount", err);
+      for (const line of readFileSync("/etc/passwd", "utf8").split("\n")) {
+        const [name, , id] = line.split(":");
+        if (name && id && !userNames.has(Number(id))) userNames.set(Number(id), name);
+      }
+    } catch {
+      // no passwd file: numbers it is
     }
   }
-  if (failed === 0) return EXIT.OK;
-  return failed === targets.length ? EXIT.FAILURE : EXIT.SOME_FAILED;
+  return userNames.get(uid) ?? String(uid);
 }
+
+function describeUse(f: Holder["files"][number]): string {
+  if (f.use === "open") return `open file ${printable(f.path)} (fd ${f.fd})`;
+  if (f.use === "map") return `memory map ${printable(f.path)}`;
+  if (f.use === "exe") return `executable ${printable(f.path)}`;
+  return `${f.use} ${printable(f.path)}`;
+}
+
+/** One line per holder: `pid 1234 (sleep): cwd /mnt/dir, open file /mnt/f (fd 3)`. */
+export function holderLine(h: Holder): string {
+  const shown = h.files.slice(0, 4).map(describeUse);
+  if (h.files.length > 4) shown.push(`and ${h.files.length - 4} more`);
+  return `pid ${h.pid} (${printable(h.command)}, ${userName(h.uid)}): ${shown.join(", ")}`;
+}
+
+/** ` (3 processes could not be inspected: ...)` when the scan was refused some /proc entries. */
+function uninspectedNote(pids: number[]): string {
+  if (pids.length === 0) return "";
+  const which = pids.length <= 3 ? `pid ${pids.join(", ")}` : `${pids.length} processes`;
+  return ` (${which} could not be inspected: permission denied${process.geteuid?.() === 0 ? "" : "; run as root to see every process"})`;
+}
+
+/** After EBUSY: who holds the target (processes, and mounts below it), as lines for the error message. */
+async function explainBusy(target: string): Promise<{ lines: string[]; hints: string[] }> {
+  const lines: string[] = [];
+  const hints: string[] = [];
+  let holders: HolderList | undefined;
+  try {
+    holders = await findHolders(target);
+  } catch (err) {
+    lines.push(`(could not look for the processes holding it: ${(err as Error).message})`);
+  }
+  if (holders && holders.length > 0) {
+    lines.push(`held by ${holders.length} process${holders.length === 1 ? "" : "es"}:`);
+    for (const h of holders) lines.push(`  ${holderLine(h)}`);
+  }
+  const below = await submountsOf(target).catch(() => []);
+  if (below.length > 0) {
+    const shown = below.slice(0, 4).map((m) => printable(m.target));
+    lines.push(`mounted below it: ${shown.join(", ")}${below.length > 4 ? `, and ${below.length - 4} more` : ""}`);
+    hints.push(`'ovl umount -R ${printable(target)}' unmounts what is mounted below it first`);
+  }
+  if (holders && holders.length === 0 && below.length === 0) {
+    lines.push(`no process found holding it${uninspectedNote(holders.uninspected)}`);
+  }
+  return { lines, hints };
+}
+
+/** The mount points to unmount for `umount -R target`: everything below it, deepest first, then it. */
+async function recursiveTargets(target: string): Promise<string[]> {
+  const path = resolve(target);
+  const real = await realpath(path);
+  let id: number;
+  try {
+    id = (await native().mountId(real, false)).mountId;
+  } catch (e) {
+    const { code, description } = describeErrno((e as NativeFailure).errno);
+    throw Object.assign(new Error(description), { code, path, syscall: "statx" });
+  }
+  const mounts = await list({ all: true });
+  const top = mounts.find((m) => m.id === id);
+  if (!top || top.target !== real) {
+    throw Object.assign(new Error("not a mount point"), { code: "EINVAL", path, syscall: "umount2" });
+  }
+  return unmountOrder(mounts, id).map((m) => m.target);
+}
+
+async function umountOne(target: string, opts: { lazy?: boolean; force?: boolean; recursive?: boolean; verbose?: boolean }) {
+  const targets = opts.recursive ? await recursiveTargets(target) : [target];
+  // util-linux: recursion stops at the first unmount that fails.
+  for (const t of targets) {
+    await umount(t, { lazy: !!opts.lazy, force: !!opts.force });
+    if (opts.verbose) console.log(`unmounted ${printable(resolve(t))}`);
+  }
+}
+
+async function umountCommand(
+  targets: string[],
+  opts: { lazy?: boolean; force?: boolean; recursive?: boolean; verbose?: boolean },
+): Promise<number> {
+  const codes: number[] = [];
+  for (const t of targets) {
+    try {
+      await umountOne(t, opts);
+    } catch (err) {
+      const busy = (err as ErrorLike).code === "EBUSY" ? await explainBusy((err as ErrorLike).path ?? t) : undefined;
+      codes.push(reportError("umount", err, busy));
+    }
+  }
+  if (codes.length === 0) return EXIT.OK;
+  if (codes.length < targets.length) return EXIT.SOME_FAILED;
+  return codes.every((c) => c === codes[0]) ? codes[0]! : EXIT.FAILURE;
+}
+
+// --- fuser ---------------------------------------------------------------------------------------------
+
+async function fuserCommand(target: string, opts: { json?: boolean }): Promise<number> {
+  const holders = await findHolders(target);
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(holders, null, 2)}\n`);
+  } else if (holders.length > 0) {
+    const rows: string[][] = [];
+    for (const h of holders) {
+      h.files.forEach((f, i) => {
+        const use = f.use === "open" ? `open (fd ${f.fd})` : f.use;
+        rows.push(i === 0 ? [String(h.pid), userName(h.uid), printable(h.command), use, printable(f.path)] : ["", "", "", use, printable(f.path)]);
+      });
+    }
+    process.stdout.write(formatTable(["PID", "USER", "COMMAND", "USE", "PATH"], rows));
+  }
+  if (holders.length === 0) {
+    console.error(`ovl: fuser ${printable(holders.mount.target)}: no process holds this mount${uninspectedNote(holders.uninspected)}`);
+  } else if (holders.uninspected.length > 0) {
+    console.error(`ovl: fuser ${printable(holders.mount.target)}: not complete${uninspectedNote(holders.uninspected)}`);
+  }
+  // As fuser(1): non-zero when nothing holds it.
+  return holders.length > 0 ? EXIT.OK : EXIT.USAGE;
+}
+
+// --- the program ---------------------------------------------------------------------------------------
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
@@ -107,46 +368,88 @@ export function buildProgram(): Command {
   const program = new Command("ovl")
     .description("Linux overlay filesystems: mount, unmount, list and inspect")
     .version(pkg.version, "-V, --version")
-    .option("--debug", "print stack traces with errors")
+    .option("--debug", "print stack traces with errors (also OVL_DEBUG=1)")
     .exitOverride()
-    .showHelpAfterError("(run with --help for usage)");
+    .configureOutput({
+      // Commander's own errors (unknown option, missing argument) in ovl's one-line form.
+      outputError: (str, write) => write(str.replace(/^error: /, "ovl: ")),
+    })
+    .showHelpAfterError("ovl: hint: run 'ovl --help' for usage")
+    .hook("preAction", (cmd) => {
+      if (cmd.opts().debug) debug = true;
+    });
 
-  program
-    .command("ls")
+  const command = (name: string) =>
+    program.command(name).showHelpAfterError(`ovl: hint: run 'ovl ${name} --help' for usage`);
+
+  command("ls")
     .alias("list")
-    .description("list mounted overlays")
+    .description("list mounted overlays (like findmnt -t overlay)")
     .argument("[target]", "only the mount at or containing this path")
     .option("-A, --all", "every mount, not only overlays")
     .option("-N, --pid <pid>", "the mount namespace of process PID")
-    .option("-J, --json", "JSON output for scripts")
-    .action(async (target: string | undefined, opts) => {
-      process.exitCode = (await lsCommand(target, opts)) ?? EXIT.OK;
+    .option("-J, --json", "JSON output for scripts (with --watch: one object per line)")
+    .option("-w, --watch", "print mounts and unmounts as they happen, until interrupted (like findmnt --poll)")
+    .action(async (target: string | undefined, opts: LsOptions) => {
+      process.exitCode = await lsCommand(target, opts);
     });
 
-  program
-    .command("mount")
+  command("mount")
     .description("mount an overlay")
-    .argument("<target>", "mount point (an existing directory)")
+    .usage("[options] [SOURCE] TARGET")
+    .argument("<target...>", "the mount point (an existing directory); with two arguments, as mount(8): SOURCE TARGET, SOURCE naming the mount (default 'overlay')")
     .addOption(new Option("--lower <dir>", "lower layer, top-most first (repeat for more)").argParser(collect))
     .option("--upper <dir>", "upper (writable) layer")
     .option("--work <dir>", "work directory: empty, on the same mount as --upper")
     .addOption(new Option("--data <dir>", "data-only lower layer (repeatable)").argParser(collect))
     .option("-r, --read-only", "mount read-only")
-    .action(async (target: string, opts) => {
-      await mountCommand(target, opts);
+    .addOption(
+      new Option(
+        "-o, --options <list>",
+        "mount(8) options: lowerdir=A:B,upperdir=U,workdir=W, overlay features (redirect_dir=, index=, xino=, " +
+          "metacopy=, volatile, userxattr, uuid=, verity=, nfs_export=, default_permissions) and flags (ro, nosuid, " +
+          "nodev, noexec, noatime, ...); `\\` escapes `:` `,` `\\` in paths",
+      ).argParser(collect),
+    )
+    .addOption(new Option("-t, --types <type>", "filesystem type, as mount(8); only 'overlay'").hideHelp())
+    .action(async (args: string[], opts: MountCliOptions & { types?: string }) => {
+      process.exitCode = await mountCommand(args, { ...opts, ...(opts.types !== undefined ? { type: opts.types } : {}) });
     });
 
-  program
-    .command("umount")
+  command("umount")
     .alias("unmount")
     .description("unmount one or more targets")
     .argument("<target...>", "mount points")
     .option("-l, --lazy", "detach now, clean up when no longer busy")
     .option("-f, --force", "force (overlay has no forced unmount: a busy overlay stays busy)")
+    .option("-R, --recursive", "first unmount everything mounted below each target, deepest first")
+    .option("-v, --verbose", "say what was unmounted")
     .action(async (targets: string[], opts) => {
       process.exitCode = await umountCommand(targets, opts);
     });
 
+  command("fuser")
+    .description("show the processes that keep a mount busy (like fuser -vm): cwd, root, executable, open files, memory maps")
+    .argument("<target>", "a mount point, or any path on the mount")
+    .option("-J, --json", "JSON output for scripts")
+    .action(async (target: string, opts) => {
+      process.exitCode = await fuserCommand(target, opts);
+    });
+
+  command("demo")
+    .description("show how an overlay works, live, in a temporary directory (as root, or in a user namespace)")
+    .option("--pause", "stop before unmounting, until Enter is pressed, to look around")
+    .action(async (opts: { pause?: boolean }) => {
+      const result = await demoCommand(opts);
+      if (typeof result === "string") {
+        // Interrupted, and cleaned up: die of the same signal, so that the caller sees the interrupt.
+        process.kill(process.pid, result);
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      process.exitCode = typeof result === "number" ? result : EXIT.FAILURE;
+    });
+
+  addInspectCommands(program, reportError);
   addRunCommand(program, reportError);
 
   return program;
@@ -158,14 +461,28 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return typeof process.exitCode === "number" ? process.exitCode : EXIT.OK;
   } catch (err) {
-    if (err instanceof CommanderError) {
-      return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
-    }
+    if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
     const command = program.args[0] ?? "ovl";
-    return reportError(command, err);
+    return reportError(command === "unmount" ? "umount" : command === "list" ? "ls" : command, err);
   }
 }
 
-main(process.argv).then((code) => {
-  process.exitCode = code;
-});
+/** True when this module is the program being run (not imported). */
+function isEntryPoint(): boolean {
+  try {
+    return !!process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url);
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  // `ovl ls | head` closes the pipe early: that is not an error.
+  process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code === "EPIPE") process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+  main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}

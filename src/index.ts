@@ -11,13 +11,16 @@ import type { MountSpec } from "./validate.js";
 export { OverlayError } from "./errors.js";
 export type { MountFlags } from "./flags.js";
 export { kernelStrategy, MountedOverlay, umount, type KernelStrategy, type UmountOptions } from "./mount.js";
-export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoResult } from "./mountinfo.js";
+export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoOptions, type ParseMountInfoResult } from "./mountinfo.js";
 export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./overlay-options.js";
 export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table.js";
+export { watch, type MountEvent, type MountWatch, type WatchOptions } from "./watch.js";
 export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
 export type { MountSpec, MountStrategy } from "./validate.js";
 export { diff, type Change, type DiffLayers } from "./diff.js";
 export { which, type LayerKind, type LayerRef, type WhichResult } from "./which.js";
+export { findHolders, submountsOf, type HeldFile, type Holder, type HolderList, type HolderUse } from "./fuser.js";
+export { MountOptionError, parseMountOptions, splitOptionString, type ParsedMountOptions } from "./mount-options.js";
 
 /** The rest of a spec, after the four positional arguments. */
 export type MountRest = Omit<MountSpec, "lower" | "upper" | "work" | "target">;

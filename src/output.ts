@@ -1,5 +1,6 @@
 /** Output for people: escaped paths, aligned tables, colour only on a terminal. */
 import { styleText } from "node:util";
+import type { MountInfo, OverlayMount } from "./types.js";
 
 /**
  * A path as it is safe to print: control characters and backslashes escaped (`\n`, `\t`, `\x1b`, `\\`), so a
@@ -32,4 +33,42 @@ export function formatTable(header: string[], rows: string[][]): string {
       .join("  ")
       .trimEnd();
   return [style("bold", line(header)), ...rows.map(line)].join("\n") + "\n";
+}
+
+/** The `ovl ls` table for people. Kept apart from the command so the table can change on its own. */
+export function formatMountList(mounts: Array<MountInfo | OverlayMount>): string {
+  const rows = mounts.map((m) =>
+    "lower" in m
+      ? [printable(m.target), layerSummary(m), printable(m.upper ?? "-"), printable(m.work ?? "-"), keyOptions(m)]
+      : [printable(m.target), `${m.fstype} ${printable(m.source)}`, "-", "-", m.mountOptions[0] ?? ""],
+  );
+  return formatTable(["TARGET", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"], rows);
+}
+
+function layerSummary(m: OverlayMount): string {
+  const all = [...m.lower, ...m.data.map((d) => `${d} (data)`)];
+  if (all.length > 4) return `${m.lower.length} layers${m.data.length ? ` + ${m.data.length} data` : ""}`;
+  return all.map((p) => printable(p)).join(" > ");
+}
+
+function keyOptions(m: OverlayMount): string {
+  const f = m.features;
+  const out: string[] = [m.mountOptions[0] ?? "rw"];
+  if (f.redirectDir) out.push(`redirect_dir=${f.redirectDir}`);
+  if (f.index !== undefined) out.push(`index=${f.index ? "on" : "off"}`);
+  if (f.metacopy !== undefined) out.push(`metacopy=${f.metacopy ? "on" : "off"}`);
+  if (f.xino) out.push(`xino=${f.xino}`);
+  if (f.userxattr) out.push("userxattr");
+  if (f.volatile) out.push("volatile");
+  return out.join(",");
+}
+
+/** One `ovl ls --watch` line: what happened and to which mount, as `formatMountList` describes it. */
+export function formatMountEvent(type: "mount" | "umount" | "change", m: MountInfo | OverlayMount): string {
+  const colour = type === "mount" ? "green" : type === "umount" ? "red" : "yellow";
+  const what =
+    "lower" in m
+      ? `${layerSummary(m)}${m.upper !== undefined ? `  upper ${printable(m.upper)}` : ""}  ${keyOptions(m)}`
+      : `${m.fstype} ${printable(m.source)}  ${m.mountOptions[0] ?? ""}`;
+  return `${style(colour, type.padEnd(6))}  ${printable(m.target)}  ${what}\n`;
 }
