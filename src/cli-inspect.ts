@@ -4,7 +4,7 @@
  */
 import { Command, Option } from "commander";
 import { diff, type Change } from "./diff.js";
-import { printable, style } from "./output.js";
+import { printable, style, writeJson } from "./output.js";
 import { which, type LayerRef, type WhichResult } from "./which.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
@@ -74,7 +74,8 @@ export function addInspectCommands(program: Command, reportError: (command: stri
         process.exitCode = reportError("diff", err);
         return;
       }
-      process.stdout.write(opts.json ? `${JSON.stringify(changes, null, 2)}\n` : formatChanges(changes));
+      if (opts.json) writeJson(changes);
+      else process.stdout.write(formatChanges(changes));
       process.exitCode = 0;
     });
 
@@ -91,7 +92,8 @@ export function addInspectCommands(program: Command, reportError: (command: stri
         process.exitCode = reportError("which", err);
         return;
       }
-      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : formatWhich(result));
+      if (opts.json) writeJson(result);
+      else process.stdout.write(formatWhich(result));
       process.exitCode = 0;
     });
 }

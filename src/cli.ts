@@ -17,7 +17,7 @@ import { findHolders, submountsOf, unmountOrder, type Holder, type HolderList } 
 import { list, mount, umount, watch, type MountSpec } from "./index.js";
 import { MountOptionError, parseMountOptions } from "./mount-options.js";
 import { native, type NativeFailure } from "./native.js";
-import { formatMountEvent, formatMountList, formatTable, printable, style } from "./output.js";
+import { formatMountEvent, formatMountList, formatTable, printable, style, writeJson } from "./output.js";
 
 export const EXIT = { OK: 0, USAGE: 1, FAILURE: 32, SOME_FAILED: 64 } as const;
 
@@ -151,7 +151,7 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
     onIssue: (issue) => console.error(`ovl: ls: skipped mountinfo line ${issue.line}: ${issue.reason}`),
   });
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify(mounts, null, 2)}\n`);
+    writeJson(mounts);
     return EXIT.OK;
   }
   if (mounts.length === 0) {
@@ -340,7 +340,7 @@ async function umountCommand(
 async function fuserCommand(target: string, opts: { json?: boolean }): Promise<number> {
   const holders = await findHolders(target);
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify(holders, null, 2)}\n`);
+    writeJson(holders);
   } else if (holders.length > 0) {
     const rows: string[][] = [];
     for (const h of holders) {

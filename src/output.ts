@@ -72,3 +72,8 @@ export function formatMountEvent(type: "mount" | "umount" | "change", m: MountIn
       : `${m.fstype} ${printable(m.source)}  ${m.mountOptions[0] ?? ""}`;
   return `${style(colour, type.padEnd(6))}  ${printable(m.target)}  ${what}\n`;
 }
+
+/** `--json` output: indented for a person at a terminal, one compact line for scripts (half the bytes). */
+export function writeJson(value: unknown, stream: NodeJS.WriteStream = process.stdout): void {
+  stream.write(`${JSON.stringify(value, null, stream.isTTY ? 2 : undefined)}\n`);
+}

@@ -415,10 +415,11 @@ describe("ovl ls, and colour", () => {
     const piped = await ovl(["ls"]);
     expect(piped.stdout).toContain(L.merged);
     expect(piped.stdout).not.toMatch(ESC);
-    // script(1) gives the command a terminal.
+    // script(1) gives the command a terminal, as a person's; without CI set (Node's colour detection, and so
+    // ovl's, leaves colour off in CI logs).
     const onTty = (env: Record<string, string>) =>
       execa("script", ["-qec", `${JSON.stringify(process.execPath)} ${JSON.stringify(cliPath)} ls`, "/dev/null"], {
-        env: cleanEnv({ TERM: "xterm", ...env }),
+        env: cleanEnv({ TERM: "xterm", CI: undefined, ...env }),
         extendEnv: false,
         reject: false,
       });
