@@ -6,6 +6,7 @@
 // lives in TypeScript; the type checks here only keep bad JavaScript from crashing the process.
 
 #include <napi.h>
+#include <uv.h>
 
 #include "common.h"
 
@@ -615,78 +616,205 @@ Napi::Value StatMount(const Napi::CallbackInfo& info) {
   return Queue(new StatMountWorker(info.Env(), id, static_cast<size_t>(hint)));
 }
 
-// --- watching the mount table: poll(POLLPRI) on an open mountinfo file --------------------------------
+// --- watching the mount table: EPOLLPRI on an open mountinfo file, in libuv's own event loop --------------
+//
+// The kernel marks an open mountinfo file with POLLPRI|POLLERR once per change to the mount table (since the
+// file was opened or last reported). Waiting is done by the event loop itself (uv_poll, UV_PRIORITIZED), so
+// a watcher holds no thread; only the re-read of the table runs on the thread pool.
+//
+// One trap: mounts_poll() reports a change once and forgets it, and epoll polls a file twice for one report
+// (at EPOLL_CTL_ADD, and again to deliver it), so a change made before the registration is consumed and
+// never delivered (libuv's uv_poll_init even probes with an ADD/DEL). Changes during a registered wait are
+// delivered. So once the registration is live (a check handle runs after the poll phase that made it), the
+// table is read once more.
 
-// The fd is shared between the wrapper and a running worker; close() while a poll is pending is deferred
-// until that poll returns (each poll is bounded by its timeout).
-struct WatchState {
-  std::string path;
-  int fd = -1;
-  bool busy = false;
-  bool close_requested = false;
-  void CloseNow() {
-    if (fd >= 0) close(fd);
-    fd = -1;
-  }
-};
+struct WatchState;
 
-class WatchWorker : public PromiseWorker {
+// Reads the whole table from the watcher's fd (opening it first on the first call) on the thread pool, and
+// settles `deferred` with the text.
+class WatchReadWorker : public Napi::AsyncWorker {
  public:
-  WatchWorker(Napi::Env env, std::shared_ptr<WatchState> state, int timeout_ms)
-      : PromiseWorker(env), state_(std::move(state)), timeout_ms_(timeout_ms) {}
-
- protected:
-  bool Run() override {
-    WatchState& st = *state_;
-    if (st.fd < 0) {
-      // First call: open (the kernel notes the table's event count now) and read the table.
-      st.fd = open(st.path.c_str(), O_RDONLY | O_CLOEXEC);
-      if (st.fd < 0) return Fail("open", st.path);
-      return ReadAll();
-    }
-    struct pollfd pfd = {st.fd, POLLPRI, 0};
-    int rc = poll(&pfd, 1, timeout_ms_);
-    if (rc < 0) {
-      if (errno == EINTR) return true;
-      return Fail("poll", st.path);
-    }
-    if (rc == 0 || !(pfd.revents & (POLLPRI | POLLERR))) return true;  // timed out: no change
-    return ReadAll();
-  }
-
-  Napi::Value Resolve(Napi::Env env) override {
-    if (!changed_) return env.Null();
-    return Napi::String::New(env, text_);
-  }
-
-  void OnWorkComplete(Napi::Env env, napi_status status) override {
-    state_->busy = false;
-    if (state_->close_requested) state_->CloseNow();
-    PromiseWorker::OnWorkComplete(env, status);
-  }
+  WatchReadWorker(Napi::Env env, std::shared_ptr<WatchState> state, Napi::Promise::Deferred deferred)
+      : Napi::AsyncWorker(env), state_(std::move(state)), deferred_(deferred) {}
+  void Execute() override;
+  void OnOK() override;
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
-  bool ReadAll() {
-    if (lseek(state_->fd, 0, SEEK_SET) < 0) return Fail("lseek", state_->path);
-    char buf[65536];
-    for (;;) {
-      ssize_t n = read(state_->fd, buf, sizeof(buf));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Fail("read", state_->path);
-      }
-      if (n == 0) break;
-      text_.append(buf, static_cast<size_t>(n));
-    }
-    changed_ = true;
-    return true;
-  }
-
   std::shared_ptr<WatchState> state_;
-  int timeout_ms_;
-  bool changed_ = false;
+  Napi::Promise::Deferred deferred_;
+  bool opened_here_ = false;
+  SysError error_;
   std::string text_;
 };
+
+struct WatchState : std::enable_shared_from_this<WatchState> {
+  Napi::Env env;
+  std::string path;
+  int fd = -1;
+  bool reading = false;   // a WatchReadWorker is using fd
+  bool closed = false;
+  bool changed = false;   // a change arrived while no next() was waiting
+  uv_poll_t* poll = nullptr;
+  uv_timer_t* timer = nullptr;
+  uv_check_t* check = nullptr;  // one shot: fires after the poll phase that registered `poll`
+  std::unique_ptr<Napi::Promise::Deferred> waiting;  // a next() waiting for a change or its timeout
+  std::unique_ptr<Napi::AsyncContext> context;       // for settling promises from libuv callbacks
+
+  explicit WatchState(Napi::Env e) : env(e) {}
+
+  uv_loop_t* Loop() {
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env, &loop);
+    return loop;
+  }
+
+  void Read(Napi::Promise::Deferred deferred) {
+    reading = true;
+    (new WatchReadWorker(env, shared_from_this(), deferred))->Queue();
+  }
+
+  // Settles the waiting next() from a libuv callback, inside a callback scope so promise reactions run.
+  void SettleWaiting(bool with_read) {
+    if (!waiting) return;
+    Napi::Promise::Deferred d = *waiting;
+    waiting.reset();
+    if (timer) uv_timer_stop(timer);
+    Napi::HandleScope handles(env);
+    Napi::CallbackScope scope(env, *context);
+    if (with_read) Read(d);
+    else d.Resolve(env.Null());
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<WatchState*>(handle->data);
+    if (status < 0 || (events & UV_PRIORITIZED)) {
+      if (self->waiting) self->SettleWaiting(true);
+      else self->changed = true;
+    }
+  }
+
+  static void OnTimer(uv_timer_t* handle) { static_cast<WatchState*>(handle->data)->SettleWaiting(false); }
+
+  static void OnRegistered(uv_check_t* handle) {
+    auto* self = static_cast<WatchState*>(handle->data);
+    uv_check_stop(handle);
+    // Whatever changed between the first read and the registration is read now.
+    if (self->waiting) self->SettleWaiting(true);
+    else self->changed = true;
+  }
+
+  // Starts watching the fd once it is open (on the main thread, after the first read).
+  void StartPolling() {
+    if (closed || poll != nullptr || fd < 0) return;
+    poll = new uv_poll_t;
+    if (uv_poll_init(Loop(), poll, fd) != 0) {
+      delete poll;
+      poll = nullptr;
+      return;
+    }
+    poll->data = this;
+    uv_poll_start(poll, UV_PRIORITIZED, OnPoll);
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll));  // a watcher alone does not keep the process alive
+    check = new uv_check_t;
+    uv_check_init(Loop(), check);
+    check->data = this;
+    uv_check_start(check, OnRegistered);
+    uv_unref(reinterpret_cast<uv_handle_t*>(check));
+  }
+
+  void Close() {
+    if (closed) return;
+    closed = true;
+    // The handles hold a raw pointer to this state: keep it alive until libuv has closed them.
+    auto* keep = new std::shared_ptr<WatchState>(shared_from_this());
+    int handles = (poll ? 1 : 0) + (timer ? 1 : 0) + (check ? 1 : 0);
+    auto on_closed = [](uv_handle_t* h) {
+      auto* holder = static_cast<std::shared_ptr<WatchState>*>(h->data);
+      WatchState* st = holder->get();
+      if (h == reinterpret_cast<uv_handle_t*>(st->poll)) { delete st->poll; st->poll = nullptr; }
+      else if (h == reinterpret_cast<uv_handle_t*>(st->timer)) { delete st->timer; st->timer = nullptr; }
+      else { delete st->check; st->check = nullptr; }
+      if (st->poll == nullptr && st->timer == nullptr && st->check == nullptr) delete holder;
+    };
+    if (poll) {
+      uv_poll_stop(poll);
+      poll->data = keep;
+      uv_close(reinterpret_cast<uv_handle_t*>(poll), on_closed);
+    }
+    if (timer) {
+      uv_timer_stop(timer);
+      timer->data = keep;
+      uv_close(reinterpret_cast<uv_handle_t*>(timer), on_closed);
+    }
+    if (check) {
+      uv_check_stop(check);
+      check->data = keep;
+      uv_close(reinterpret_cast<uv_handle_t*>(check), on_closed);
+    }
+    if (handles == 0) delete keep;
+    if (waiting) {
+      waiting->Resolve(env.Null());
+      waiting.reset();
+    }
+    if (!reading && fd >= 0) {
+      close(fd);
+      fd = -1;
+    }
+  }
+};
+
+void WatchReadWorker::Execute() {
+  WatchState& st = *state_;
+  if (st.fd < 0) {
+    st.fd = open(st.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (st.fd < 0) {
+      error_.err = errno;
+      error_.syscall = "open";
+      error_.path = st.path;
+      return;
+    }
+    opened_here_ = true;
+  }
+  if (lseek(st.fd, 0, SEEK_SET) < 0) {
+    error_.err = errno;
+    error_.syscall = "lseek";
+    error_.path = st.path;
+    return;
+  }
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(st.fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      error_.err = errno;
+      error_.syscall = "read";
+      error_.path = st.path;
+      return;
+    }
+    if (n == 0) break;
+    text_.append(buf, static_cast<size_t>(n));
+  }
+}
+
+void WatchReadWorker::OnOK() {
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  WatchState& st = *state_;
+  st.reading = false;
+  if (st.closed) {
+    if (st.fd >= 0) close(st.fd);
+    st.fd = -1;
+    deferred_.Resolve(env.Null());
+    return;
+  }
+  if (error_.err != 0) {
+    deferred_.Reject(SysErrorToObject(env, error_));
+    return;
+  }
+  if (opened_here_) st.StartPolling();
+  deferred_.Resolve(Napi::String::New(env, text_));
+}
 
 class MountWatcher : public Napi::ObjectWrap<MountWatcher> {
  public:
@@ -697,37 +825,47 @@ class MountWatcher : public Napi::ObjectWrap<MountWatcher> {
 
   // new MountWatcher(path)
   explicit MountWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MountWatcher>(info) {
-    state_ = std::make_shared<WatchState>();
+    state_ = std::make_shared<WatchState>(info.Env());
+    state_->context = std::make_unique<Napi::AsyncContext>(info.Env(), "ovl.MountWatcher");
     ReadString(info, 0, "path", &state_->path);
   }
 
-  ~MountWatcher() override {
-    if (!state_->busy) state_->CloseNow();
-    else state_->close_requested = true;
-  }
+  ~MountWatcher() override { state_->Close(); }
 
  private:
-  // next(timeoutMs): the first call reads the table; later calls wait up to timeoutMs for a change and
-  // resolve with the new table text, or null when nothing changed.
+  // next(timeoutMs): the first call reads the table; later calls wait up to timeoutMs for the table to change
+  // and resolve with its new text, or null when it did not change in that time. One call at a time.
   Napi::Value Next(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    WatchState& st = *state_;
     uint64_t timeout = 0;
-    if (!ReadUint(info, 0, "timeoutMs", 60000.0, &timeout)) return env.Undefined();
-    if (state_->close_requested || state_->path.empty()) {
+    if (!ReadUint(info, 0, "timeoutMs", 3600000.0, &timeout)) return env.Undefined();
+    if (st.closed || st.path.empty()) {
       Napi::Error::New(env, "ovl native: the watcher is closed").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    if (state_->busy) {
+    if (st.waiting || st.reading) {
       Napi::Error::New(env, "ovl native: next() is already pending").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    state_->busy = true;
-    return Queue(new WatchWorker(env, state_, static_cast<int>(timeout)));
+    Napi::Promise::Deferred d = Napi::Promise::Deferred::New(env);
+    if (st.fd < 0 || st.changed) {
+      st.changed = false;
+      st.Read(d);
+      return d.Promise();
+    }
+    if (st.timer == nullptr) {
+      st.timer = new uv_timer_t;
+      uv_timer_init(st.Loop(), st.timer);
+      st.timer->data = &st;
+    }
+    st.waiting = std::make_unique<Napi::Promise::Deferred>(d);
+    uv_timer_start(st.timer, WatchState::OnTimer, timeout, 0);
+    return d.Promise();
   }
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
-    state_->close_requested = true;
-    if (!state_->busy) state_->CloseNow();
+    state_->Close();
     return info.Env().Undefined();
   }
 

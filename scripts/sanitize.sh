@@ -9,7 +9,7 @@ rm -rf "$out" && mkdir -p "$out"
 cp binding.gyp "$out/" && cp -r native "$out/native"
 ln -s "$root/node_modules" "$out/node_modules"
 (cd "$out" && node "$root/scripts/build-addon.js" rebuild -- -Dovl_sanitize=1 >build.log 2>&1) || { cat "$out/build.log"; exit 1; }
-nm -D "$out/build/Release/ovl.node" | grep -q __asan_init || { echo "sanitize: the build has no ASan runtime" >&2; exit 1; }
+nm -D "$out/build/Release/ovl.node" | grep __asan_init >/dev/null || { echo "sanitize: the build has no ASan runtime" >&2; exit 1; }
 npx tsc -p tsconfig.build.json
 tests=("$@")
 [ ${#tests[@]} -gt 0 ] || tests=(test/native.test.ts test/mount.test.ts test/hardening.test.ts)

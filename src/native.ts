@@ -92,11 +92,15 @@ export interface StatMountResult {
   options?: string[];
 }
 
-/** An open mountinfo file whose changes can be awaited (poll POLLPRI), re-read on each change. */
+/**
+ * An open mountinfo file whose changes are awaited in the event loop itself (epoll, EPOLLPRI: no thread is
+ * held while waiting), re-read on the thread pool on each change.
+ */
 export interface NativeMountWatcher {
   /**
    * The first call reads the table. Later calls wait up to `timeoutMs` for the table to change and resolve
-   * with its new text, or null when it did not change in that time. One call at a time.
+   * with its new text, or null when it did not change in that time; once, just after the wait is
+   * registered with the kernel, the text is read again whether or not it changed. One call at a time.
    */
   next(timeoutMs: number): Promise<string | null>;
   /** Closes the file (after a pending next() returns). */
