@@ -5,7 +5,7 @@ import { execa } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
 import { cleanEnv, cliPath, ovl, ovlAsNobody, requireBuiltCli, requireNobodyCanRunCli } from "./cli-helpers.js";
-import { mountsUnder, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { killChild, mountsUnder, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
 const ESC = /\x1b\[/;
@@ -21,13 +21,7 @@ beforeEach(() => {
   children = [];
 });
 afterEach(async () => {
-  for (const c of children) {
-    if (c.exitCode === null && c.signalCode === null) {
-      const gone = new Promise((r) => c.once("exit", r));
-      c.kill("SIGKILL");
-      await gone;
-    }
-  }
+  for (const c of children) await killChild(c);
   s.cleanup();
 });
 

@@ -5,7 +5,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { findHolders, submountsOf, unmountOrder } from "../src/fuser.js";
 import * as overlay from "../src/index.js";
 import type { MountInfo } from "../src/types.js";
-import { requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { killChild, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;
 let children: ChildProcess[] = [];
@@ -15,13 +15,7 @@ beforeEach(() => {
   children = [];
 });
 afterEach(async () => {
-  for (const c of children) {
-    if (c.exitCode === null && c.signalCode === null) {
-      const gone = new Promise((r) => c.once("exit", r));
-      c.kill("SIGKILL");
-      await gone;
-    }
-  }
+  for (const c of children) await killChild(c);
   s.cleanup();
 });
 

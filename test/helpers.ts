@@ -1,8 +1,9 @@
 /** Test scaffolding: a private mount namespace check, scratch directories, and an independent mount-table read. */
-import { execFileSync, spawnSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 
 /** True when the tests run as real root (not root inside a user namespace). */
@@ -117,4 +118,33 @@ export function runAsNobody(script: string, opts: { userNamespace: boolean }): {
 /** Open file descriptors of this process. */
 export function openFdCount(): number {
   return readdirSync("/proc/self/fd").length;
+}
+
+/** Kills a child process (SIGKILL) unless it already ended, and waits until it is gone. */
+export async function killChild(c: ChildProcess): Promise<void> {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const exited = new Promise((resolve) => c.once("exit", resolve));
+  c.kill("SIGKILL");
+  await exited;
+}
+
+/**
+ * A `sleep` in its own private mount namespace (a copy of this one); resolves once it is in it. `track`
+ * receives the child at once, so that a test's cleanup can kill it whatever happens.
+ */
+export async function namespaceChild(track: (c: ChildProcess) => void): Promise<ChildProcess & { pid: number }> {
+  const c = spawn("unshare", ["-m", "--propagation", "private", "sleep", "1000"], { stdio: "ignore" });
+  track(c);
+  const ours = readlinkSync("/proc/self/ns/mnt");
+  for (let i = 0; i < 500; i++) {
+    try {
+      if (readFileSync(`/proc/${c.pid}/comm`, "utf8").trim() === "sleep" && readlinkSync(`/proc/${c.pid}/ns/mnt`) !== ours) {
+        return c as ChildProcess & { pid: number };
+      }
+    } catch {
+      // not started yet
+    }
+    await sleep(10);
+  }
+  throw new Error("the unshare child did not start");
 }

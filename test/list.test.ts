@@ -6,7 +6,7 @@ import * as overlay from "../src/index.js";
 import { MountInfoParseError, parseMountInfo } from "../src/mountinfo.js";
 import type { MountInfoIssue } from "../src/mountinfo.js";
 import type { OverlayMount } from "../src/types.js";
-import { rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { killChild, namespaceChild, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;
 const children: ChildProcess[] = [];
@@ -26,30 +26,6 @@ function layers(tag: string) {
   return { lower: [l1!, l2!], upper: upper!, work: work!, target: merged! };
 }
 
-async function killChild(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return;
-  const exited = new Promise((resolve) => c.once("exit", resolve));
-  c.kill("SIGKILL");
-  await exited;
-}
-
-/** A `sleep` in its own private mount namespace (a copy of this one); returns once it is in it. */
-async function namespaceChild(): Promise<ChildProcess & { pid: number }> {
-  const c = spawn("unshare", ["-m", "--propagation", "private", "sleep", "1000"], { stdio: "ignore" });
-  children.push(c);
-  const ours = readlinkSync("/proc/self/ns/mnt");
-  for (let i = 0; i < 500; i++) {
-    try {
-      if (readFileSync(`/proc/${c.pid}/comm`, "utf8").trim() === "sleep" && readlinkSync(`/proc/${c.pid}/ns/mnt`) !== ours) {
-        return c as ChildProcess & { pid: number };
-      }
-    } catch {
-      // not started yet
-    }
-    await sleep(10);
-  }
-  throw new Error("the unshare child did not start");
-}
 
 const mine = <T extends { target: string }>(xs: T[]) => xs.filter((m) => m.target.startsWith(`${s.dir}/`));
 
@@ -158,7 +134,7 @@ describe("list({ target })", () => {
 
 describe("list({ pid }): another mount namespace", () => {
   it("reads the other process's table, with layers, and not ours", async () => {
-    const child = await namespaceChild();
+    const child = await namespaceChild((c) => children.push(c));
     const [l1, l2, merged, t] = s.dirs("l1", "l2", "merged", "theirs");
     s.file("l1/deeper/x", "x");
     const ns = ["-t", String(child.pid), "-m"];

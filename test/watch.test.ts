@@ -5,7 +5,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
 import type { MountEvent, MountWatch } from "../src/watch.js";
 import type { MountInfo, OverlayMount } from "../src/types.js";
-import { openFdCount, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { killChild, namespaceChild, openFdCount, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;
 const watches: MountWatch[] = [];
@@ -46,30 +46,6 @@ function layers(tag: string) {
   return { lower: [l1!, l2!], upper: upper!, work: work!, target: merged! };
 }
 
-async function killChild(c: ChildProcess): Promise<void> {
-  if (c.exitCode !== null || c.signalCode !== null) return;
-  const exited = new Promise((resolve) => c.once("exit", resolve));
-  c.kill("SIGKILL");
-  await exited;
-}
-
-/** A `sleep` in its own private mount namespace (a copy of this one); returns once it is in it. */
-async function namespaceChild(): Promise<ChildProcess & { pid: number }> {
-  const c = spawn("unshare", ["-m", "--propagation", "private", "sleep", "1000"], { stdio: "ignore" });
-  children.push(c);
-  const ours = readlinkSync("/proc/self/ns/mnt");
-  for (let i = 0; i < 500; i++) {
-    try {
-      if (readFileSync(`/proc/${c.pid}/comm`, "utf8").trim() === "sleep" && readlinkSync(`/proc/${c.pid}/ns/mnt`) !== ours) {
-        return c as ChildProcess & { pid: number };
-      }
-    } catch {
-      // not started yet
-    }
-    await sleep(10);
-  }
-  throw new Error("the unshare child did not start");
-}
 
 describe("watch(): events as they happen", () => {
   it("reports an overlay's mount, remount and unmount in order, and no other mounts by default", async () => {
@@ -293,7 +269,7 @@ describe("watch(): stopping", () => {
 
 describe("watch({ pid }): another mount namespace", () => {
   it("sees mounts made inside the other namespace and not here, and ends when the process exits", async () => {
-    const child = await namespaceChild();
+    const child = await namespaceChild((c) => children.push(c));
     const w = track(overlay.watch({ pid: child.pid, all: true }));
     await w.ready;
     const [t, l1, l2, merged] = s.dirs("theirs", "l1", "l2", "merged");
@@ -312,7 +288,7 @@ describe("watch({ pid }): another mount namespace", () => {
   });
 
   it("by default shows only the other namespace's overlays", async () => {
-    const child = await namespaceChild();
+    const child = await namespaceChild((c) => children.push(c));
     const w = track(overlay.watch({ pid: child.pid }));
     await w.ready;
     const [t, l1, l2, merged] = s.dirs("theirs", "l1", "l2", "merged");
