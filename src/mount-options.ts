@@ -5,8 +5,10 @@
  * Syntax (overlay's own, as the kernel parses a mount(2) data string):
  * - options are split on commas not preceded by a backslash; a backslash escapes the character after it;
  * - `lowerdir=` lists lower layers top-most first, split on unescaped `:`, with `::` before data-only layers;
- * - every layer path (`lowerdir=`, `lowerdir+=`, `datadir+=`, `upperdir=`, `workdir=`) then loses its
- *   backslash escapes, so `\:` `\,` and `\\` stand for `:` `,` and `\`.
+ * - `lowerdir=`, `upperdir=` and `workdir=` paths then lose their backslash escapes, so `\:` `\,` and `\\`
+ *   stand for `:` `,` and `\`;
+ * - `lowerdir+=` and `datadir+=` paths are literal (the kernel takes them without unescaping): `e\f` is the
+ *   directory named `e\f`, and a comma cannot be written in them at all.
  * - Generic flags (`ro`, `nosuid`, ...) and their negations (`rw`, `suid`, ...) are applied left to right, as
  *   mount(8) does: the last word on a flag wins, and one atime mode replaces another.
  * Several `-o` strings are read as one, joined by commas.
@@ -169,8 +171,8 @@ export function parseMountOptions(text: string | readonly string[]): ParsedMount
         if (legacyLower.lower.length === 0) {
           throw new MountOptionError(opt, `mount option '${opt}' names no lower layer`);
         }
-      } else if (key === "lowerdir+") appendedLower.push(unescapeOverlayPath(value));
-      else if (key === "datadir+") appendedData.push(unescapeOverlayPath(value));
+      } else if (key === "lowerdir+") appendedLower.push(value);
+      else if (key === "datadir+") appendedData.push(value);
       else if (key === "upperdir") upper = unescapeOverlayPath(value);
       else work = unescapeOverlayPath(value);
       continue;

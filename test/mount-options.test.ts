@@ -1,7 +1,11 @@
-/** mount(8)-style `-o` strings: pure parsing, no mounts. */
+/** mount(8)-style `-o` strings: parsing, and agreement with what the kernel mounts for the same string. */
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
+import { rmSync } from "node:fs";
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { MountOptionError, parseMountOptions, splitOptionString } from "../src/mount-options.js";
+import { list } from "../src/table.js";
+import { requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 /** Escapes a path for a `lowerdir=` list by hand (kept apart from src/ so the parser is not checked with itself). */
 const esc = (p: string) => p.replace(/\\/g, "\\\\").replace(/:/g, "\\:").replace(/,/g, "\\,");
@@ -43,6 +47,13 @@ describe("parseMountOptions", () => {
     const o = parseMountOptions("lowerdir+=/a,lowerdir+=/b:c,datadir+=/d");
     expect(o.lower).toEqual(["/a", "/b:c"]);
     expect(o.data).toEqual(["/d"]);
+  });
+
+  it("takes lowerdir+= and datadir+= paths literally, backslashes included, as the kernel does", () => {
+    const o = parseMountOptions(String.raw`lowerdir+=/r/e\f,lowerdir+=/r/g\:h,datadir+=/r/x\y,upperdir=/r/u\v,workdir=/r/w`);
+    expect(o.lower).toEqual([String.raw`/r/e\f`, String.raw`/r/g\:h`]);
+    expect(o.data).toEqual([String.raw`/r/x\y`]);
+    expect(o.upper).toBe("/r/uv"); // upperdir= loses its escapes
   });
 
   it("maps every overlay feature option to the typed options", () => {
@@ -122,5 +133,37 @@ describe("parseMountOptions", () => {
         expect(o.flags).toEqual({ nosuid: true });
       }),
     );
+  });
+});
+
+describe("agreement with the kernel (util-linux mount(8) given the same string)", () => {
+  beforeAll(() => requirePrivateMountNamespace());
+  let s: Scratch;
+  beforeEach(() => {
+    s = scratch("ovl-mopts-");
+  });
+  afterEach(() => s.cleanup());
+
+  it("names the same layers as the kernel mounts, in both lowerdir forms", async () => {
+    const names = [String.raw`e\f`, "c:d", "plain", String.raw`ef`, "g,h", "end\\"];
+    for (const n of names) s.dirs(`layers/${n}`);
+    const [upper, work, m1, m2] = s.dirs("upper", "work", "m1", "m2");
+    const L = (n: string) => `${s.dir}/layers/${n}`;
+    const strings = [
+      // new-API form: literal paths (neither a comma nor a trailing backslash, which would escape the next comma)
+      `lowerdir+=${L(String.raw`e\f`)},lowerdir+=${L("c:d")},lowerdir+=${L("plain")},upperdir=${upper},workdir=${work}`,
+      // legacy form: overlay's escapes
+      `lowerdir=${esc(L(String.raw`e\f`))}:${esc(L("c:d"))}:${esc(L("g,h"))}:${esc(L("end\\"))},upperdir=${upper},workdir=${work}`,
+    ];
+    for (const [i, text] of strings.entries()) {
+      const target = i === 0 ? m1! : m2!;
+      execFileSync("mount", ["-t", "overlay", "overlay", "-o", text, target]);
+      const [kernel] = await list({ target });
+      expect(kernel, text).toBeDefined();
+      expect(parseMountOptions(text).lower, text).toEqual(kernel!.lower);
+      execFileSync("umount", [target]);
+      rmSync(work!, { recursive: true });
+      s.dirs("work");
+    }
   });
 });
