@@ -94,7 +94,8 @@ describe("failures half-way leave nothing behind", () => {
       expect(mountsUnder(s.dir)).toEqual([]);
     }
     console.log(`vanishing target: ${outcomes.mounted} mounted, failures: ${[...outcomes.failed].join(",")}`);
-    expect(outcomes.mounted + outcomes.failed.size).toBeGreaterThan(0);
+    expect(outcomes.mounted).toBeGreaterThan(0); // some attempts won the race
+    expect(outcomes.failed.size).toBeGreaterThan(0); // and some lost it
     for (const failure of outcomes.failed) expect(failure).toMatch(/^ENOENT@/);
     expect(openFdCount()).toBe(fdsBefore);
   });

@@ -3,7 +3,7 @@ import { open } from "node:fs/promises";
 import { execFileSync } from "node:child_process";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
-import { mountsUnder, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { mountsUnder, openFdCount, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;
 beforeAll(() => requirePrivateMountNamespace());
@@ -89,7 +89,7 @@ describe("mounting a real overlay", () => {
     expect(m2.mountOptions).toContain("noexec");
   });
 
-  it("returns exactly what the mount table says, without reading it (statmount)", async () => {
+  it("returns exactly the entry list() reads back from the mount table", async () => {
     const L = layout();
     const m = await overlay.mount({
       lower: [L.l1, L.l2],
@@ -511,15 +511,26 @@ describe("validation before any syscall", () => {
     expect(mountsUnder(s.dir)).toEqual([]);
   });
 
-  it("a failure half-way (a bad layer among good ones) leaves nothing mounted", async () => {
+  it("a failure half-way, after every layer fd reached the kernel, leaves nothing mounted and no fd open", async () => {
+    // The kernel refuses a third level of nested overlays at superblock time: after ovl has opened each
+    // layer and handed its fd over, so this is a failure in the middle of the native call.
+    const [b1, b2, u1, w1, m1, u2, w2, m2, u3, w3, m3] = s.dirs("b1", "b2", "u1", "w1", "m1", "u2", "w2", "m2", "u3", "w3", "m3");
+    const good = s.dirs(...Array.from({ length: 20 }, (_, i) => `good${i}`));
+    await overlay.mount({ lower: [b1!, b2!], upper: u1!, work: w1!, target: m1! });
+    await overlay.mount({ lower: [m1!], upper: u2!, work: w2!, target: m2! });
+    const fdsBefore = openFdCount();
+    for (let i = 0; i < 20; i++) {
+      const err = await overlay.mount({ lower: [...good, m2!], upper: u3!, work: w3!, target: m3! }).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: "EINVAL", syscall: "fsconfig" });
+    }
+    expect(openFdCount()).toBe(fdsBefore);
+    expect(mountsUnder(m3!)).toEqual([]);
+  });
+
+  it("a bad layer among good ones is named before any syscall, and nothing is mounted", async () => {
     const L = layout();
-    mkdirSync(s.path("gone"));
-    const lower = [L.l1, L.l2, s.path("gone"), L.l3];
-    const promise = overlay.mount({ lower, upper: L.upper, work: L.work, target: L.merged });
-    await expect(promise).resolves.toBeDefined();
-    await overlay.umount(L.merged);
-    const err = await overlay.mount({ lower: [...lower, s.path("missing")], upper: L.upper, work: L.work, target: L.merged }).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: "ENOENT", path: s.path("missing") });
+    const err = await overlay.mount({ lower: [L.l1, L.l2, s.path("missing"), L.l3], upper: L.upper, work: L.work, target: L.merged }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "ENOENT", path: s.path("missing"), message: expect.stringMatching(/lower layer 3/) });
     expect(mountsUnder(s.dir)).toEqual([]);
   });
 });
