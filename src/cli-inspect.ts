@@ -47,10 +47,9 @@ export function formatWhich(r: WhichResult): string {
     .join("");
 }
 
-/** Registers `diff` and `which` on the `ovl` program. */
-export function addInspectCommands(program: Command, reportError: (command: string, err: unknown) => number): void {
-  program
-    .command("diff")
+/** Registers `diff` and `which` with `command(name)`, the CLI's factory for subcommands (error format and help hint). */
+export function addInspectCommands(command: (name: string) => Command, reportError: (command: string, err: unknown) => number): void {
+  command("diff")
     .description("what changed in an overlay's upper layer, like docker diff (A added, C changed, D deleted)")
     .argument("[target]", "mount point of the overlay")
     .option("--upper <dir>", "upper layer of an overlay that is not mounted (with --lower)")
@@ -79,8 +78,7 @@ export function addInspectCommands(program: Command, reportError: (command: stri
       process.exitCode = 0;
     });
 
-  program
-    .command("which")
+  command("which")
     .description("which layer of a mounted overlay serves a path")
     .argument("<path>", "a path inside a mounted overlay")
     .option("-J, --json", "JSON output for scripts")

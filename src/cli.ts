@@ -2,7 +2,7 @@
 /**
  * The `ovl` command: a thin shell over the library, in util-linux's vocabulary.
  * Exit codes follow mount(8)/umount(8): 0 success, 1 usage or permission, 32 mount failure,
- * 64 some of several targets succeeded. Output for people goes to stdout, diagnostics to stderr.
+ * 64 some of several targets succeeded; `ls` follows findmnt(8): 1 when nothing was found or the lookup failed. Output for people goes to stdout, diagnostics to stderr.
  */
 import { readFileSync, realpathSync } from "node:fs";
 import { realpath } from "node:fs/promises";
@@ -76,7 +76,7 @@ function describeError(command: string, err: unknown): { path?: string; what: st
   if (e.syscall !== undefined) what = what.replace(new RegExp(`, ${e.syscall}( '.*')?$`, "s"), "");
   let hint = e.hint;
   if (e.code === "EPERM" && command === "mount") {
-    hint = "mounting needs root (CAP_SYS_ADMIN), or a user namespace that owns the mount namespace (unshare -Urm, then -o userxattr)";
+    hint = "mounting needs root (CAP_SYS_ADMIN), or a user namespace that owns the mount namespace (e.g. unshare -Urm; ovl adds userxattr there by itself)";
   }
   if (e.code === "EBUSY" && hint) hint = hint.replace("`lazy: true` (umount -l)", "'ovl umount -l'");
   return {
@@ -126,7 +126,8 @@ function pidOption(value: string | undefined): number | undefined {
  */
 async function lsWatch(target: string | undefined, opts: LsOptions): Promise<number> {
   const pid = pidOption(opts.pid);
-  const path = target !== undefined ? resolve(target) : undefined;
+  // Mount targets in the table are canonical paths: compare with the canonical form of the one given.
+  const path = target !== undefined ? await realpath(resolve(target)) : undefined;
   await using events = watch({
     ...(opts.all ? { all: true } : {}),
     ...(pid !== undefined ? { pid } : {}),
@@ -152,7 +153,8 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
   });
   if (opts.json) {
     writeJson(mounts);
-    return EXIT.OK;
+    // As the table below: nothing at the target given is a failed lookup (findmnt(8) exits 1).
+    return target !== undefined && mounts.length === 0 ? EXIT.USAGE : EXIT.OK;
   }
   if (mounts.length === 0) {
     if (target !== undefined) {
@@ -162,7 +164,7 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
     if (process.stdout.isTTY) console.error("ovl: ls: no overlays mounted");
     return EXIT.OK;
   }
-  process.stdout.write(formatMountList(mounts));
+  process.stdout.write(formatMountList(mounts, { all: !!opts.all }));
   return EXIT.OK;
 }
 
@@ -269,7 +271,7 @@ async function explainBusy(target: string): Promise<{ lines: string[]; hints: st
   const hints: string[] = [];
   let holders: HolderList | undefined;
   try {
-    holders = await findHolders(target);
+    holders = await holdersOtherThanOvl(target);
   } catch (err) {
     lines.push(`(could not look for the processes holding it: ${(err as Error).message})`);
   }
@@ -335,10 +337,20 @@ async function umountCommand(
   return codes.every((c) => c === codes[0]) ? codes[0]! : EXIT.FAILURE;
 }
 
+/**
+ * The holders of a mount but ovl itself: it inherits the shell's working directory, which may be on the
+ * mount, but it is about to exit and is not what keeps the mount busy.
+ */
+async function holdersOtherThanOvl(target: string): Promise<HolderList> {
+  const all = await findHolders(target);
+  const others = all.filter((h) => h.pid !== process.pid);
+  return Object.assign(others, { uninspected: all.uninspected, mount: all.mount });
+}
+
 // --- fuser ---------------------------------------------------------------------------------------------
 
 async function fuserCommand(target: string, opts: { json?: boolean }): Promise<number> {
-  const holders = await findHolders(target);
+  const holders = await holdersOtherThanOvl(target);
   if (opts.json) {
     writeJson(holders);
   } else if (holders.length > 0) {
@@ -379,19 +391,29 @@ export function buildProgram(): Command {
       if (cmd.opts().debug) debug = true;
     });
 
+  // Every subcommand: commander's errors as `ovl: <command>: <what>`, and a pointer to its own help.
   const command = (name: string) =>
-    program.command(name).showHelpAfterError(`ovl: hint: run 'ovl ${name} --help' for usage`);
+    program
+      .command(name)
+      .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, `ovl: ${name}: `)) })
+      .showHelpAfterError(`ovl: hint: run 'ovl ${name} --help' for usage`);
 
   command("ls")
     .alias("list")
     .description("list mounted overlays (like findmnt -t overlay)")
-    .argument("[target]", "only the mount at or containing this path")
+    .argument("[target]", "only the mount at or containing this path (with --watch: only mounts and unmounts exactly on this path)")
     .option("-A, --all", "every mount, not only overlays")
     .option("-N, --pid <pid>", "the mount namespace of process PID")
     .option("-J, --json", "JSON output for scripts (with --watch: one object per line)")
     .option("-w, --watch", "print mounts and unmounts as they happen, until interrupted (like findmnt --poll)")
     .action(async (target: string | undefined, opts: LsOptions) => {
-      process.exitCode = await lsCommand(target, opts);
+      try {
+        process.exitCode = await lsCommand(target, opts);
+      } catch (err) {
+        // A path or process that is not there is a failed lookup, as in findmnt(8): exit 1, not 32.
+        reportError("ls", err);
+        process.exitCode = EXIT.USAGE;
+      }
     });
 
   command("mount")
@@ -449,8 +471,8 @@ export function buildProgram(): Command {
       process.exitCode = typeof result === "number" ? result : EXIT.FAILURE;
     });
 
-  addInspectCommands(program, reportError);
-  addRunCommand(program, reportError);
+  addInspectCommands(command, reportError);
+  addRunCommand(command, reportError);
 
   return program;
 }

@@ -35,14 +35,29 @@ export function formatTable(header: string[], rows: string[][]): string {
   return [style("bold", line(header)), ...rows.map(line)].join("\n") + "\n";
 }
 
-/** The `ovl ls` table for people. Kept apart from the command so the table can change on its own. */
-export function formatMountList(mounts: Array<MountInfo | OverlayMount>): string {
-  const rows = mounts.map((m) =>
+/**
+ * The `ovl ls` table for people. Kept apart from the command so the table can change on its own. With
+ * `all` (`ls --all`), FSTYPE and SOURCE columns too, and `-` for the layers of a mount that is not an overlay.
+ */
+export function formatMountList(mounts: Array<MountInfo | OverlayMount>, opts: { all?: boolean } = {}): string {
+  const overlayCells = (m: MountInfo | OverlayMount) =>
     "lower" in m
-      ? [printable(m.target), layerSummary(m), printable(m.upper ?? "-"), printable(m.work ?? "-"), keyOptions(m)]
-      : [printable(m.target), `${m.fstype} ${printable(m.source)}`, "-", "-", m.mountOptions[0] ?? ""],
-  );
+      ? [layerSummary(m), printable(m.upper ?? "-"), printable(m.work ?? "-"), keyOptions(m)]
+      : ["-", "-", "-", access(m)];
+  if (opts.all) {
+    const rows = mounts.map((m) => [printable(m.target), printable(m.fstype), printable(m.source), ...overlayCells(m)]);
+    return formatTable(["TARGET", "FSTYPE", "SOURCE", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"], rows);
+  }
+  const rows = mounts.map((m) => [printable(m.target), ...overlayCells(m)]);
   return formatTable(["TARGET", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"], rows);
+}
+
+/**
+ * `ro` or `rw` as the mount works: read-only when either the mount or its superblock is (an overlay without
+ * an upper layer has a read-only superblock on a mount that says `rw`).
+ */
+function access(m: MountInfo): "ro" | "rw" {
+  return m.mountOptions[0] === "ro" || m.superOptions[0] === "ro" ? "ro" : "rw";
 }
 
 function layerSummary(m: OverlayMount): string {
@@ -53,7 +68,7 @@ function layerSummary(m: OverlayMount): string {
 
 function keyOptions(m: OverlayMount): string {
   const f = m.features;
-  const out: string[] = [m.mountOptions[0] ?? "rw"];
+  const out: string[] = [access(m)];
   if (f.redirectDir) out.push(`redirect_dir=${f.redirectDir}`);
   if (f.index !== undefined) out.push(`index=${f.index ? "on" : "off"}`);
   if (f.metacopy !== undefined) out.push(`metacopy=${f.metacopy ? "on" : "off"}`);
@@ -69,7 +84,7 @@ export function formatMountEvent(type: "mount" | "umount" | "change", m: MountIn
   const what =
     "lower" in m
       ? `${layerSummary(m)}${m.upper !== undefined ? `  upper ${printable(m.upper)}` : ""}  ${keyOptions(m)}`
-      : `${m.fstype} ${printable(m.source)}  ${m.mountOptions[0] ?? ""}`;
+      : `${printable(m.fstype)} ${printable(m.source)}  ${access(m)}`;
   return `${style(colour, type.padEnd(6))}  ${printable(m.target)}  ${what}\n`;
 }
 

@@ -5,7 +5,7 @@
  * A Node process cannot move itself into new namespaces (it is multithreaded), so the outer process
  * re-executes itself under `unshare`; the inner one mounts and runs the command.
  */
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +25,34 @@ export interface RunSpec {
   tmp?: boolean;
 }
 
+/**
+ * The command itself could not be started: not found (exit status 127) or found but not executable (126),
+ * as shells, unshare(1) and bwrap report it.
+ */
+export class CommandNotStartedError extends Error {
+  readonly status: 126 | 127;
+  constructor(
+    readonly command: string,
+    readonly code: "ENOENT" | "EACCES",
+  ) {
+    super(code === "ENOENT" ? "command not found" : "permission denied");
+    this.name = "CommandNotStartedError";
+    this.status = code === "ENOENT" ? 127 : 126;
+  }
+}
+
+/** The signals ovl run passes on to the command, as a shell does: it ends when the command does. */
+const FORWARDED_SIGNALS: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+
+/** Passes FORWARDED_SIGNALS on to `child`; returns the function that stops it. */
+function forwardSignals(child: ChildProcess): () => void {
+  const forward = (sig: NodeJS.Signals) => child.kill(sig);
+  for (const sig of FORWARDED_SIGNALS) process.on(sig, forward);
+  return () => {
+    for (const sig of FORWARDED_SIGNALS) process.off(sig, forward);
+  };
+}
+
 /** Exit status of a child as a shell reports it: its code, or 128 + the signal number. */
 function exitStatus(code: number | null, signal: NodeJS.Signals | null): number {
   if (code !== null) return code;
@@ -38,11 +66,13 @@ export function reexecInNamespace(argv: string[], env: NodeJS.ProcessEnv = proce
   const unshareArgs = [isRoot ? "-m" : "-Urm", "--propagation", "private", "--", ...argv];
   return new Promise((resolve, reject) => {
     const child = spawn("unshare", unshareArgs, { stdio: "inherit", env: { ...env, [RUN_NAMESPACE_ENV]: isRoot ? "root" : "user" } });
-    const forward = (sig: NodeJS.Signals) => child.kill(sig);
-    process.on("SIGINT", forward).on("SIGTERM", forward);
-    child.on("error", (err) => reject(Object.assign(err, { hint: "ovl run needs unshare(1) from util-linux" })));
+    const stopForwarding = forwardSignals(child);
+    child.on("error", (err) => {
+      stopForwarding();
+      reject(Object.assign(err, { hint: "ovl run needs unshare(1) from util-linux" }));
+    });
     child.on("exit", (code, signal) => {
-      process.off("SIGINT", forward).off("SIGTERM", forward);
+      stopForwarding();
       resolve(exitStatus(code, signal));
     });
   });
@@ -82,14 +112,14 @@ export async function runInOverlay(spec: RunSpec, command: string[]): Promise<nu
     try {
       return await new Promise<number>((resolve, reject) => {
         const child = spawn(command[0]!, command.slice(1), { cwd: target, stdio: "inherit" });
-        const forward = (sig: NodeJS.Signals) => child.kill(sig);
-        process.on("SIGINT", forward).on("SIGTERM", forward);
-        child.on("error", (err) => {
-          process.off("SIGINT", forward).off("SIGTERM", forward);
-          reject(err);
+        const stopForwarding = forwardSignals(child);
+        child.on("error", (err: NodeJS.ErrnoException) => {
+          stopForwarding();
+          const code = err.code;
+          reject(code === "ENOENT" || code === "EACCES" ? new CommandNotStartedError(command[0]!, code) : err);
         });
         child.on("exit", (code, signal) => {
-          process.off("SIGINT", forward).off("SIGTERM", forward);
+          stopForwarding();
           resolve(exitStatus(code, signal));
         });
       });

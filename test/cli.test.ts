@@ -1,11 +1,11 @@
 /** The `ovl` command, driven as a user would: the built dist/cli.js, real overlays, real processes. */
 import { spawn, type ChildProcess } from "node:child_process";
-import { chmodSync, closeSync, mkdirSync, openSync, readFileSync } from "node:fs";
+import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, symlinkSync } from "node:fs";
 import { execa } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
 import { cleanEnv, cliPath, ovl, ovlAsNobody, requireBuiltCli, requireNobodyCanRunCli } from "./cli-helpers.js";
-import { killChild, mountsUnder, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { killChild, mountsUnder, namespaceChild, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
 const ESC = /\x1b\[/;
@@ -85,10 +85,23 @@ describe("help, version, usage errors", () => {
     expect(cmd.stderr.split("\n")[0]).toBe("ovl: unknown command 'frobnicate'");
     const opt = await ovl(["mount", "--bogus", "/x"]);
     expect(opt.exitCode).toBe(1);
-    expect(opt.stderr).toBe("ovl: unknown option '--bogus'\novl: hint: run 'ovl mount --help' for usage");
+    expect(opt.stderr).toBe("ovl: mount: unknown option '--bogus'\novl: hint: run 'ovl mount --help' for usage");
     const missing = await ovl(["umount"]);
     expect(missing.exitCode).toBe(1);
-    expect(missing.stderr).toMatch(/^ovl: missing required argument 'target'/);
+    expect(missing.stderr).toMatch(/^ovl: umount: missing required argument 'target'/);
+  });
+
+  it("names the command in usage errors and points to its own help, for every command", async () => {
+    for (const cmd of ["ls", "mount", "umount", "fuser", "demo", "diff", "which", "run"]) {
+      const r = await ovl([cmd, "--bogus"]);
+      expect(r.exitCode).toBe(1);
+      const lines = r.stderr.split("\n");
+      expect([lines[0], lines.at(-1)]).toEqual([`ovl: ${cmd}: unknown option '--bogus'`, `ovl: hint: run 'ovl ${cmd} --help' for usage`]);
+      expect(lines).toHaveLength(cmd === "run" ? 3 : 2); // run adds its hint about `--`
+    }
+    const both = await ovl(["diff", "/x", "--upper", "/u"]);
+    expect(both.exitCode).toBe(1);
+    expect(both.stderr.split("\n")[0]).toBe("ovl: diff: give either a TARGET or --upper with --lower, not both");
   });
 });
 
@@ -191,6 +204,8 @@ describe("ovl mount", () => {
     expect(r.exitCode).toBe(1);
     expect(r.stderr).toMatch(/^ovl: mount .*\(EPERM\)$/m);
     expect(r.stderr).toMatch(/^ovl: hint: mounting needs root/m);
+    // The library adds userxattr by itself in a user namespace: the hint does not ask for it.
+    expect(r.stderr).not.toContain("-o userxattr");
     expect(overlaysAt(L.merged)).toEqual([]);
   });
 });
@@ -240,6 +255,13 @@ describe("ovl umount", () => {
     expect(lines).toContain(`ovl:     pid ${reading} (sleep, root): open file ${L.merged}/file (fd 0)`);
     expect(lines.at(-1)).toBe(`ovl: hint: 'ovl umount -l ${L.merged}' detaches it now and frees it when the last user is gone`);
     expect(overlaysAt(L.merged)).toHaveLength(1);
+
+    // Run from inside the mount, as from a shell whose cwd is there: ovl itself is not named as a holder.
+    const fromInside = await execa(process.execPath, [cliPath, "umount", L.merged], { cwd: L.merged, reject: false, extendEnv: false, env: cleanEnv() });
+    expect(fromInside.exitCode).toBe(32);
+    const insideLines = fromInside.stderr.split("\n");
+    expect(insideLines[1]).toBe("ovl:   held by 2 processes:");
+    expect(insideLines.filter((l) => /^ovl: {5}pid /.test(l)).map((l) => Number(/pid (\d+)/.exec(l)![1])).sort()).toEqual([inDir, reading].sort());
 
     const lazy = await ovl(["umount", "-l", L.merged]);
     expect(lazy).toMatchObject({ exitCode: 0, stderr: "" });
@@ -343,6 +365,15 @@ describe("ovl fuser", () => {
     expect(r.stderr).toMatch(new RegExp(`^ovl: fuser ${L.merged}: no process holds this mount( \\(pid [\\d, ]+ could not be inspected: permission denied\\))?$`));
   });
 
+  it("leaves itself out when run from inside the mount (it inherits the shell's working directory)", async () => {
+    const L = layout();
+    await overlay.mount({ lower: [L.l1, L.l2], target: L.merged });
+    const r = await execa(process.execPath, [cliPath, "fuser", "--json", "."], { cwd: L.merged, reject: false, extendEnv: false, env: cleanEnv() });
+    expect(r.stdout).toBe("[]");
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(new RegExp(`^ovl: fuser ${L.merged}: no process holds this mount`));
+  });
+
   it("names a missing path", async () => {
     const r = await ovl(["fuser", s.path("nope")]);
     expect(r.exitCode).toBe(32);
@@ -363,6 +394,102 @@ describe("ovl ls, and colour", () => {
     const notOverlay = await ovl(["ls", L.l1]);
     expect(notOverlay.exitCode).toBe(1);
     expect(notOverlay.stderr).toBe(`ovl: ls ${L.l1}: no overlay at or above this path`);
+    // JSON says the same with its exit status: nothing there is a failed lookup, as findmnt has it.
+    const notOverlayJson = await ovl(["ls", "--json", L.l1]);
+    expect(notOverlayJson).toMatchObject({ exitCode: 1, stdout: "[]" });
+  });
+
+  it("exits 1, as findmnt does, for a path or a process that is not there", async () => {
+    const missing = await ovl(["ls", s.path("nosuch")]);
+    expect(missing.exitCode).toBe(1);
+    expect(missing.stderr).toMatch(new RegExp(`^ovl: ls ${s.path("nosuch")}: .*\\(ENOENT\\)$`));
+    const noProcess = await ovl(["ls", "--pid", "999999"]);
+    expect(noProcess.exitCode).toBe(1);
+    expect(noProcess.stderr).toMatch(/^ovl: ls .*no process with pid 999999 \(ESRCH\)$/);
+  });
+
+  it("shows an overlay without an upper layer as ro: it cannot be written", async () => {
+    const L = layout();
+    await overlay.mount({ lower: [L.l1, L.l2], target: L.merged });
+    await overlay.mount({ lower: [L.l1], upper: L.upper, work: L.work, target: s.dirs("writable")[0]! });
+    const rows = (await ovl(["ls"])).stdout.split("\n");
+    expect(rows.find((r) => r.startsWith(`${L.merged} `))).toMatch(/\s-\s+-\s+ro(,|$)/);
+    expect(rows.find((r) => r.startsWith(`${s.path("writable")} `))).toMatch(new RegExp(`\\s${L.work}\\s+rw(,|$)`));
+  });
+
+  it("--all lists every mount with FSTYPE and SOURCE in their own columns, as a table and as JSON", async () => {
+    const L = layout();
+    await overlay.mount({ lower: [L.l1, L.l2], upper: L.upper, work: L.work, target: L.merged });
+    const tmp = s.dirs("tmp")[0]!;
+    await execa("mount", ["-t", "tmpfs", "-o", "ro", "ovl-test-tmpfs", tmp]);
+    try {
+      const r = await ovl(["ls", "--all"]);
+      expect(r.exitCode).toBe(0);
+      const [header, ...rows] = r.stdout.trimEnd().split("\n");
+      const names = ["TARGET", "FSTYPE", "SOURCE", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"];
+      expect(header).toMatch(new RegExp(`^${names.map((n) => n.replace(/[()]/g, "\\$&")).join("\\s+")}$`));
+      // Every value starts at its header's column.
+      const starts = names.map((n) => header!.indexOf(n));
+      const cellsAt = (row: string) => starts.map((start, i) => row.slice(start, starts[i + 1] ?? row.length).trim());
+      const tmpRow = rows.find((row) => row.startsWith(`${tmp} `))!;
+      expect(cellsAt(tmpRow)).toEqual([tmp, "tmpfs", "ovl-test-tmpfs", "-", "-", "-", "ro"]);
+      const overlayRow = rows.find((row) => row.startsWith(`${L.merged} `))!;
+      expect(cellsAt(overlayRow).slice(0, 6)).toEqual([L.merged, "overlay", "overlay", `${L.l1} > ${L.l2}`, L.upper, L.work]);
+      expect(cellsAt(overlayRow)[6]).toMatch(/^rw(,|$)/);
+
+      const json = JSON.parse((await ovl(["ls", "--all", "--json"])).stdout) as Array<overlay.MountInfo & { lower?: string[] }>;
+      expect(json.find((m) => m.target === tmp)).toMatchObject({ fstype: "tmpfs", source: "ovl-test-tmpfs" });
+      expect(json.find((m) => m.target === tmp)).not.toHaveProperty("lower");
+      expect(json.find((m) => m.target === L.merged)).toMatchObject({ fstype: "overlay", lower: [L.l1, L.l2] });
+    } finally {
+      await execa("umount", [tmp]);
+    }
+  });
+
+  it("--pid lists the overlays of another process's mount namespace, not this one's", async () => {
+    const L = layout();
+    const child = await namespaceChild((c) => children.push(c));
+    await execa("nsenter", ["-t", String(child.pid), "-m", "mount", "-t", "overlay", "inside", "-o", `lowerdir=${L.l1}:${L.l2}`, L.merged]);
+    expect(overlaysAt(L.merged)).toEqual([]); // not in this namespace
+    const r = await ovl(["ls", "--pid", String(child.pid)]);
+    expect(r.exitCode).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^${L.merged}  ${L.l1} > ${L.l2}\\s+-\\s+-\\s+ro`, "m"));
+    const json = JSON.parse((await ovl(["ls", "--pid", String(child.pid), "--json"])).stdout) as overlay.OverlayMount[];
+    expect(json.filter((m) => m.target === L.merged)).toMatchObject([{ source: "inside", lower: [L.l1, L.l2] }]);
+    expect(JSON.parse((await ovl(["ls", "--json"])).stdout).filter((m: overlay.OverlayMount) => m.target === L.merged)).toEqual([]);
+  });
+
+  it("--watch TARGET follows the mount on that path, given by any name (a symlink too)", async () => {
+    const L = layout();
+    const link = s.path("link");
+    symlinkSync(L.merged, link);
+    const run = ovl(["ls", "--watch", "--json", link]);
+    let out = "";
+    let err = "";
+    run.stdout!.on("data", (c: Buffer) => (out += c.toString()));
+    run.stderr!.on("data", (c: Buffer) => (err += c.toString()));
+    const waitFor = async (what: () => boolean) => {
+      for (let i = 0; i < 200 && !what(); i++) {
+        if (run.exitCode !== null) throw new Error(`ls --watch ended early: ${err}`);
+        await new Promise((r) => setTimeout(r, 25));
+      }
+    };
+    await waitFor(() => err.includes("watching"));
+    expect(err).toContain(`ovl: ls: watching overlays on ${L.merged} (Ctrl-C to stop)`);
+    const elsewhere = await overlay.mount({ lower: [L.l2, L.l1], target: s.dirs("elsewhere")[0]! });
+    const m = await overlay.mount({ lower: [L.l1, L.l2], target: L.merged });
+    await waitFor(() => out.includes("\n"));
+    await m.unmount();
+    await elsewhere.unmount();
+    await waitFor(() => out.split("\n").length >= 3);
+    run.kill("SIGINT");
+    await run;
+    const events = out.trimEnd().split("\n").map((l) => JSON.parse(l) as { type: string; mount: overlay.OverlayMount });
+    expect(events.map((e) => [e.type, e.mount.target])).toEqual([
+      ["mount", L.merged],
+      ["umount", L.merged],
+    ]);
+    expect((await ovl(["ls", "--help"])).stdout.replace(/\s+/g, " ")).toContain("with --watch: only mounts and unmounts exactly on this path");
   });
 
   it("--watch prints mounts and unmounts as they happen, as lines for people or JSON lines", async () => {

@@ -62,6 +62,43 @@ describe("ovl run", () => {
     expect(r.stderr).toMatch(/does not exist \(ENOENT\)/);
   });
 
+  it("exits 127 for a command that is not there and 126 for one that cannot be executed, as a shell does", async () => {
+    const { l1 } = layers();
+    const missing = await execa("node", [cli, "run", "--lower", l1, "--tmp", "--", "nosuchcmd"], { reject: false });
+    expect(missing.exitCode).toBe(127);
+    expect(missing.stderr).toBe("ovl: run nosuchcmd: command not found");
+    writeFileSync(`${l1}/not-executable`, "#!/bin/sh\n");
+    chmodSync(`${l1}/not-executable`, 0o644);
+    const notExecutable = await execa("node", [cli, "run", "--lower", l1, "--tmp", "--", "./not-executable"], { reject: false });
+    expect(notExecutable.exitCode).toBe(126);
+    expect(notExecutable.stderr).toBe("ovl: run ./not-executable: permission denied (EACCES)");
+    expect(mountsUnder(s.dir)).toEqual([]);
+  });
+
+  it("says to put -- before a command whose options ovl run does not know", async () => {
+    const { l1, l2 } = layers();
+    const r = await execa("node", [cli, "run", "--lower", l1, "--lower", l2, "--tmp", "ls", "-l"], { reject: false });
+    expect(r.exitCode).toBe(1);
+    const lines = r.stderr.split("\n");
+    expect(lines[0]).toBe("ovl: run: unknown option '-l'");
+    expect(lines).toContain("ovl: hint: put -- before the command, so that its options are not taken for ovl's: ovl run --lower DIR ... -- COMMAND [ARGS...]");
+  });
+
+  it("passes SIGHUP on to the command, and returns when it has ended", async () => {
+    const { l1 } = layers();
+    const run = execa("node", [cli, "run", "--lower", l1, "--tmp", "--", "sh", "-c", 'trap "echo got HUP; exit 5" HUP; echo ready; while :; do sleep 0.05; done'], {
+      reject: false,
+    });
+    let out = "";
+    run.stdout!.on("data", (c: Buffer) => (out += c.toString()));
+    for (let i = 0; i < 400 && !out.includes("ready"); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(out).toBe("ready\n");
+    run.kill("SIGHUP");
+    const r = await run;
+    expect(r.stdout).toBe("ready\ngot HUP");
+    expect(r.exitCode).toBe(5);
+  });
+
   it.runIf(realRoot)("works for an ordinary user, in a user namespace", async () => {
     const { l1, l2 } = layers();
     const r = await execa(
