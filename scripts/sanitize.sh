@@ -18,4 +18,5 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OVL_NATIVE_PATH=$out/build/Release/ovl.node
+export OVL_SANITIZED=1
 node scripts/run-tests.js "${tests[@]}"

@@ -58,7 +58,9 @@ describe("under load", () => {
     console.log(`soak: fds ${fdsBefore} -> ${fdsAfter}; growth over 2000 cycles: ${JSON.stringify(growth)}`);
     expect(fdsAfter).toBe(fdsBefore);
     expect(growth.heapMiB).toBeLessThan(4);
-    expect(growth.rssMiB).toBeLessThan(16);
+    // Under AddressSanitizer freed memory is held in its quarantine (to catch use-after-free), so resident
+    // size says nothing about leaks there; the normal build must keep it flat.
+    if (!process.env.OVL_SANITIZED) expect(growth.rssMiB).toBeLessThan(16);
     expect(mountsUnder(s.dir)).toEqual([]);
   });
 });
