@@ -10,7 +10,6 @@
  * lower file fails with EOVERFLOW).
  */
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -18,7 +17,8 @@ import { createInterface } from "node:readline";
 import { mount } from "./index.js";
 import { umount } from "./mount.js";
 import { printable, style } from "./output.js";
-import { parseMountInfo } from "./mountinfo.js";
+import { list } from "./table.js";
+import { inUserNamespace } from "./userns.js";
 
 /** Set in the environment of the re-run under `unshare`, so that it cannot loop. */
 const USERNS_ENV = "OVL_DEMO_IN_USERNS";
@@ -34,16 +34,6 @@ export interface DemoOptions {
   signal?: AbortSignal;
   /** Parent of the demo's temporary directory (default `os.tmpdir()`). */
   tmp?: string;
-}
-
-/** True in the machine's first user namespace (where uid 0 is the real root). */
-export function inInitialUserNamespace(): boolean {
-  try {
-    const map = readFileSync("/proc/self/uid_map", "utf8").trim().split(/\s+/);
-    return map[0] === "0" && map[1] === "0" && map[2] === "4294967295";
-  } catch {
-    return true;
-  }
 }
 
 /** `c--------- 0,0` as `ls -l` shows a device's type, permissions and numbers. */
@@ -78,8 +68,7 @@ async function isWhiteout(path: string): Promise<boolean> {
 
 /** Unmounts everything mounted at or below `dir` in this namespace, deepest first. */
 async function unmountAllBelow(dir: string): Promise<string[]> {
-  const { mounts } = parseMountInfo(await readFile("/proc/self/mountinfo", "utf8"));
-  const below = mounts
+  const below = (await list({ all: true }))
     .filter((m) => m.target === dir || m.target.startsWith(`${dir}/`))
     .sort((a, b) => b.target.length - a.target.length || b.id - a.id);
   const done: string[] = [];
@@ -276,7 +265,7 @@ export async function demoCommand(opts: { pause?: boolean }): Promise<number | N
     if (process.env[USERNS_ENV]) throw new Error("not root even inside the user namespace made by unshare -Urm");
     return rerunInUserNamespace(warn);
   }
-  const userxattr = !inInitialUserNamespace();
+  const userxattr = inUserNamespace();
   const controller = new AbortController();
   let received: NodeJS.Signals | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

@@ -333,7 +333,7 @@ async function withRootlessDefaults(spec: CheckedSpec): Promise<CheckedSpec> {
   if (o.userxattr !== undefined || o.metacopy === true || (o.redirectDir !== undefined && o.redirectDir !== "nofollow")) {
     return spec; // the caller chose, or chose options that rule userxattr out
   }
-  if (!(await inUserNamespace())) return spec;
+  if (!inUserNamespace()) return spec;
   return { ...spec, options: { ...o, userxattr: true } };
 }
 

@@ -3,9 +3,9 @@
  * whiteouts, opaque directories, redirects and metadata-only copies. Node has no xattr API; the addon's
  * `lstatXattrs`/`scanDirs` read them off the main thread, many paths per trip to the thread pool.
  */
-import { readFileSync } from "node:fs";
 import { constants } from "node:os";
 import { dirname, basename } from "node:path";
+import { inUserNamespace } from "./userns.js";
 import { OverlayError, fromNative } from "./errors.js";
 import { native, type NativeEntry, type NativeFailure } from "./native.js";
 
@@ -91,13 +91,7 @@ export function parseRedirect(redirect: string): { absolute: boolean; names: str
  */
 export function checkXattrAccess(prefix: OverlayXattrPrefix, path: string): void {
   if (prefix !== "trusted.overlay.") return;
-  let initialNamespace = true;
-  try {
-    initialNamespace = /^\s*0\s+0\s+4294967295\s*$/.test(readFileSync("/proc/self/uid_map", "utf8"));
-  } catch {
-    // no /proc: judge by the uid alone
-  }
-  if (process.geteuid?.() !== 0 || !initialNamespace) {
+  if (process.geteuid?.() !== 0 || inUserNamespace()) {
     throw new OverlayError("EPERM", "reading trusted.overlay.* xattrs needs root in the initial user namespace", {
       syscall: "llistxattr",
       path,

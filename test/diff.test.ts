@@ -17,7 +17,7 @@ import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
 import type { OverlayOptions } from "../src/index.js";
 import { native } from "../src/native.js";
-import { requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { requirePrivateMountNamespace, scratch, type Scratch, setXattr } from "./helpers.js";
 
 let s: Scratch;
 beforeAll(() => requirePrivateMountNamespace());
@@ -27,9 +27,6 @@ beforeEach(() => {
 afterEach(() => s.cleanup());
 
 /** Sets an xattr (Node has none; python3 is there wherever node-gyp built the addon). */
-function setXattr(path: string, name: string, value: string): void {
-  execFileSync("python3", ["-c", "import os,sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode(), follow_symlinks=False)", path, name, value]);
-}
 
 /** Two lower layers (l1 top-most) with a little of everything, an empty upper and work, and a mount point. */
 function layers() {

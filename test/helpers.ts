@@ -148,3 +148,8 @@ export async function namespaceChild(track: (c: ChildProcess) => void): Promise<
   }
   throw new Error("the unshare child did not start");
 }
+
+/** Sets an extended attribute without following symlinks (Node has no xattr API; python3 does). */
+export function setXattr(path: string, name: string, value: string): void {
+  execFileSync("python3", ["-c", "import os,sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode(), follow_symlinks=False)", path, name, value]);
+}

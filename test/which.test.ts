@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, tr
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
 import type { OverlayOptions } from "../src/index.js";
-import { requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { requirePrivateMountNamespace, scratch, type Scratch, setXattr } from "./helpers.js";
 
 let s: Scratch;
 beforeAll(() => requirePrivateMountNamespace());
@@ -12,9 +12,6 @@ beforeEach(() => {
 });
 afterEach(() => s.cleanup());
 
-function setXattr(path: string, name: string, value: string): void {
-  execFileSync("python3", ["-c", "import os,sys; os.setxattr(sys.argv[1], sys.argv[2], sys.argv[3].encode(), follow_symlinks=False)", path, name, value]);
-}
 
 /** Three lower layers (l1 top-most), an upper and work, mounted. */
 async function mounted(options: OverlayOptions = {}) {
