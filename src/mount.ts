@@ -305,14 +305,16 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     const n = native();
     if (this.uniqueId !== undefined) {
+      // Usually this overlay is still what the target shows: unmount it. Otherwise find out why not.
+      const top = await n.mountId(this.target, true).catch(() => undefined);
+      if (top?.unique && top.mountId === this.uniqueId) return this.unmount();
       try {
         await n.statMount(this.uniqueId);
       } catch (e) {
         if ((e as NativeFailure).errno === constants.errno.ENOENT) return; // already unmounted
         throw fromNative(e as NativeFailure, { path: this.target });
       }
-      const top = await n.mountId(this.target, true).catch(() => undefined);
-      if (top && top.unique && top.mountId !== this.uniqueId) {
+      if (top && top.unique) {
         throw new OverlayError("EBUSY", `another mount now covers '${this.target}'; not unmounting it in place of this overlay`, {
           syscall: "umount2",
           path: this.target,
@@ -328,7 +330,7 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
  * succeeds but deleting a lower file fails with EOVERFLOW. Docker and containerd add it there; so does ovl,
  * unless the caller chose, or chose options that exclude it.
  */
-async function withRootlessDefaults(spec: CheckedSpec): Promise<CheckedSpec> {
+function withRootlessDefaults(spec: CheckedSpec): CheckedSpec {
   const o = spec.options;
   if (o.userxattr !== undefined || o.metacopy === true || (o.redirectDir !== undefined && o.redirectDir !== "nofollow")) {
     return spec; // the caller chose, or chose options that rule userxattr out
@@ -339,7 +341,7 @@ async function withRootlessDefaults(spec: CheckedSpec): Promise<CheckedSpec> {
 
 /** Mounts an overlay after checking every rule the kernel would apply, naming the path that broke one. */
 export async function mountOverlay(spec: MountSpec): Promise<MountedOverlay> {
-  const checked = await withRootlessDefaults(await checkSpec(spec));
+  const checked = withRootlessDefaults(await checkSpec(spec));
   const strategy: KernelStrategy =
     checked.strategy !== "auto"
       ? checked.strategy

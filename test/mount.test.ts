@@ -147,6 +147,17 @@ describe("mounting a real overlay", () => {
     expect(mountsUnder(L.merged)).toEqual([]);
   });
 
+  it("refuses to unmount in its place a mount that now covers the target", async () => {
+    const L = layout();
+    const m = await overlay.mount({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged });
+    execFileSync("mount", ["-t", "tmpfs", "cover", L.merged]);
+    await expect(m[Symbol.asyncDispose]()).rejects.toMatchObject({ code: "EBUSY", path: L.merged });
+    expect(mountsUnder(L.merged).map((r) => r.fstype)).toEqual(["overlay", "tmpfs"]);
+    execFileSync("umount", [L.merged]); // the cover; then disposal takes the overlay down
+    await m[Symbol.asyncDispose]();
+    expect(mountsUnder(L.merged)).toEqual([]);
+  });
+
   it("remounts the same upper and work after an unmount (overlay's leftovers are accepted)", async () => {
     const L = layout();
     const m1 = await overlay.mount({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged });
