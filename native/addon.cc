@@ -616,6 +616,55 @@ Napi::Value StatMount(const Napi::CallbackInfo& info) {
   return Queue(new StatMountWorker(info.Env(), id, static_cast<size_t>(hint)));
 }
 
+// --- reading a whole /proc file in one trip -----------------------------------------------------------
+
+// Reads `fd` from its start to the end (proc files are generated as they are read, a page or so per read()).
+bool ReadWhole(int fd, const std::string& path, std::string* out, SysError* error) {
+  if (lseek(fd, 0, SEEK_SET) < 0) {
+    error->err = errno;
+    error->syscall = "lseek";
+    error->path = path;
+    return false;
+  }
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      error->err = errno;
+      error->syscall = "read";
+      error->path = path;
+      return false;
+    }
+    if (n == 0) return true;
+    out->append(buf, static_cast<size_t>(n));
+  }
+}
+
+class ReadTextWorker : public PromiseWorker {
+ public:
+  ReadTextWorker(Napi::Env env, std::string path) : PromiseWorker(env), path_(std::move(path)) {}
+
+ protected:
+  bool Run() override {
+    Fd fd(open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) return Fail("open", path_);
+    return ReadWhole(fd.get(), path_, &text_, &error_);
+  }
+  Napi::Value Resolve(Napi::Env env) override { return Napi::String::New(env, text_); }
+
+ private:
+  std::string path_;
+  std::string text_;
+};
+
+// readText(path): the whole file as UTF-8 text, opened, read and closed in one trip to the thread pool.
+Napi::Value ReadText(const Napi::CallbackInfo& info) {
+  std::string path;
+  if (!ReadString(info, 0, "path", &path)) return info.Env().Undefined();
+  return Queue(new ReadTextWorker(info.Env(), path));
+}
+
 // --- watching the mount table: EPOLLPRI on an open mountinfo file, in libuv's own event loop --------------
 //
 // The kernel marks an open mountinfo file with POLLPRI|POLLERR once per change to the mount table (since the
@@ -776,25 +825,7 @@ void WatchReadWorker::Execute() {
     }
     opened_here_ = true;
   }
-  if (lseek(st.fd, 0, SEEK_SET) < 0) {
-    error_.err = errno;
-    error_.syscall = "lseek";
-    error_.path = st.path;
-    return;
-  }
-  char buf[65536];
-  for (;;) {
-    ssize_t n = read(st.fd, buf, sizeof(buf));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      error_.err = errno;
-      error_.syscall = "read";
-      error_.path = st.path;
-      return;
-    }
-    if (n == 0) break;
-    text_.append(buf, static_cast<size_t>(n));
-  }
+  ReadWhole(st.fd, st.path, &text_, &error_);
 }
 
 void WatchReadWorker::OnOK() {
@@ -879,6 +910,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("mountId", Napi::Function::New(env, MountId, "mountId"));
   exports.Set("inspectPaths", Napi::Function::New(env, InspectPaths, "inspectPaths"));
   exports.Set("statMount", Napi::Function::New(env, StatMount, "statMount"));
+  exports.Set("readText", Napi::Function::New(env, ReadText, "readText"));
   exports.Set("MountWatcher", MountWatcher::Define(env));
   RegisterXattr(env, exports);
   return exports;

@@ -131,6 +131,8 @@ export type NativeDirScan =
   | { errno: number; syscall: string; entries?: undefined };
 
 export interface NativeAddon {
+  /** The whole file as text, opened, read and closed in one trip (a proc file takes many read() calls). */
+  readText(path: string): Promise<string>;
   /** lstat(2) of each path plus its xattrs named `prefix*`, in one trip to the thread pool. */
   lstatXattrs(paths: string[], prefix: string): Promise<NativeEntry[]>;
   /** Every entry of each directory with lstat(2) facts and xattrs named `prefix*`, in one trip. */

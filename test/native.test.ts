@@ -62,13 +62,14 @@ describe("the native addon refuses bad arguments without crashing", () => {
     expect(outcomes.settled).toBeGreaterThan(0);
   });
 
-  it("inspectPaths(), statMount(), mountId() and MountWatcher take any input", async () => {
+  it("inspectPaths(), statMount(), mountId(), readText() and MountWatcher take any input", async () => {
     await fc.assert(
       fc.asyncProperty(fc.anything(), fc.anything(), async (x, y) => {
         await callSafely(() => (addon.inspectPaths as Function)(x));
         await callSafely(() => (addon.inspectPaths as Function)([x, "/", y]));
         await callSafely(() => (addon.statMount as Function)(x));
         await callSafely(() => (addon.mountId as Function)(x, y));
+        await callSafely(() => (addon.readText as Function)(x));
         try {
           const w = new (addon.MountWatcher as unknown as new (p: unknown) => { next(t: unknown): Promise<unknown>; close(): void })(x);
           await callSafely(() => w.next(y)).catch(() => undefined);
@@ -82,6 +83,12 @@ describe("the native addon refuses bad arguments without crashing", () => {
     expect(await callSafely(() => addon.inspectPaths(new Array(1e7)))).toBe("threw");
     expect(await callSafely(() => addon.statMount(2 ** 60))).toBe("threw");
     expect(await callSafely(() => addon.mountId("/a\0b", true))).toBe("threw");
+  });
+
+  it("readText() reads a whole /proc file, as Node's own reader does, in one call", async () => {
+    const { readFileSync } = await import("node:fs");
+    expect(await addon.readText("/proc/self/mountinfo")).toBe(readFileSync("/proc/self/mountinfo", "utf8"));
+    await expect(addon.readText("/nonexistent-ovl")).rejects.toMatchObject({ errno: 2, syscall: "open", path: "/nonexistent-ovl" });
   });
 
   it("the loader names every place it looked when ovl.node is missing", async () => {
