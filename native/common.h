@@ -1,5 +1,6 @@
 // Shared pieces of the ovl addon: argument readers that never crash on bad JavaScript, an fd guard, and the
-// promise worker every system call runs in (libuv thread pool; rejects with plain data).
+// one way every system call runs: a Call, run on the libuv thread pool behind a promise, or inline for the
+// `*Sync` twin. Either way a failure is plain data ({ errno, syscall, ... }), never an Error.
 #pragma once
 
 #include <napi.h>
@@ -7,15 +8,14 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <fcntl.h>
-#include <time.h>
 #include <unistd.h>
 
 namespace ovl {
-
 
 // A failed system call, as plain data for the rejection.
 struct SysError {
@@ -23,48 +23,14 @@ struct SysError {
   std::string syscall;
   std::string path;          // the path the call was about, if any
   int step = -1;             // index of the fsconfig step that failed, if any
-  std::vector<std::string> messages;  // fs-context log ("e overlay: ..."), if any
-  std::vector<std::string> kernel_log;  // overlay's lines in the kernel log (dmesg) printed during the call
+  std::vector<std::string> messages;    // fs-context log ("e overlay: ..."), if any
+  std::vector<std::string> kernel_log;  // overlay's lines in the kernel log written during the call
+  int changed_layer = -1;               // the verified layer whose path no longer named what was checked
+  bool has_found_id = false;            // umountAt: the mount id found where the expected one was not
+  uint64_t found_id = 0;
 };
 
-// CLOCK_MONOTONIC in microseconds: the clock /dev/kmsg stamps its records with.
-inline uint64_t MonotonicMicros() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000u + static_cast<uint64_t>(ts.tv_nsec) / 1000u;
-}
-
-// Overlay reports most superblock-stage refusals only to the kernel log. Collects the overlay lines
-// stamped at or after `since_us` ("prio,seq,usec,flags;message" records, one per read()). Needs
-// CAP_SYSLOG (or dmesg_restrict=0); without it, or on any error, collects nothing.
-inline void ReadKernelLog(uint64_t since_us, std::vector<std::string>* out) {
-  int fd = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-  if (fd < 0) return;
-  char buf[8192];
-  for (int i = 0; i < 100000; i++) {
-    ssize_t n = read(fd, buf, sizeof(buf) - 1);
-    if (n < 0) {
-      if (errno == EPIPE || errno == EINTR) continue;  // EPIPE: records were overwritten while reading
-      break;                                            // EAGAIN: no more records
-    }
-    if (n == 0) break;
-    std::string rec(buf, static_cast<size_t>(n));
-    size_t semi = rec.find(';');
-    size_t c1 = rec.find(',');
-    size_t c2 = c1 == std::string::npos ? c1 : rec.find(',', c1 + 1);
-    size_t c3 = c2 == std::string::npos ? c2 : rec.find(',', c2 + 1);
-    if (semi == std::string::npos || c3 == std::string::npos || c3 > semi) continue;
-    uint64_t usec = std::strtoull(rec.c_str() + c2 + 1, nullptr, 10);
-    if (usec < since_us) continue;
-    std::string msg = rec.substr(semi + 1);
-    size_t nl = msg.find('\n');  // continuation lines (" KEY=value") follow the message
-    if (nl != std::string::npos) msg.resize(nl);
-    if (msg.rfind("overlayfs: ", 0) == 0 || msg.rfind("overlay: ", 0) == 0) out->push_back(msg);
-  }
-  close(fd);
-}
-
-// Closes a file descriptor when it goes out of scope (on every exit path of a worker).
+// Closes a file descriptor when it goes out of scope (on every exit path of a call).
 class Fd {
  public:
   explicit Fd(int fd = -1) : fd_(fd) {}
@@ -72,8 +38,17 @@ class Fd {
   Fd& operator=(const Fd&) = delete;
   ~Fd() { reset(); }
   int get() const { return fd_; }
+  int release() {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
   void reset(int fd = -1) {
-    if (fd_ >= 0) close(fd_);
+    if (fd_ >= 0) {
+      int saved = errno;  // closing never clobbers the errno a failure is about to report
+      close(fd_);
+      errno = saved;
+    }
     fd_ = fd;
   }
 
@@ -81,76 +56,122 @@ class Fd {
   int fd_;
 };
 
+// "/proc/self/fd/N" (+ "/name"): the exact object an fd holds, for calls that take no directory fd.
+inline std::string FdPath(int fd, const std::string& name = std::string()) {
+  std::string p = "/proc/self/fd/" + std::to_string(fd);
+  if (!name.empty()) p += "/" + name;
+  return p;
+}
+
 inline bool HasNul(const std::string& s) { return s.find('\0') != std::string::npos; }
 
 // More entries than any real call needs (the kernel takes at most 500 layers); refusing early keeps a
 // sparse `new Array(1e9)` from exhausting memory.
 constexpr uint32_t kMaxArrayLength = 65536;
 
-inline bool CheckArray(Napi::Env env, Napi::Value v, const char* what, Napi::Array* out) {
-  if (!v.IsArray()) {
-    Napi::TypeError::New(env, std::string("ovl native: ") + what + " must be an array").ThrowAsJavaScriptException();
-    return false;
-  }
+inline bool ThrowType(Napi::Env env, const std::string& message) {
+  Napi::TypeError::New(env, "ovl native: " + message).ThrowAsJavaScriptException();
+  return false;
+}
+
+inline bool ThrowRange(Napi::Env env, const std::string& message) {
+  Napi::RangeError::New(env, "ovl native: " + message).ThrowAsJavaScriptException();
+  return false;
+}
+
+inline bool CheckArray(Napi::Env env, Napi::Value v, const std::string& what, Napi::Array* out) {
+  if (!v.IsArray()) return ThrowType(env, what + " must be an array");
   *out = v.As<Napi::Array>();
-  if (out->Length() > kMaxArrayLength) {
-    Napi::RangeError::New(env, std::string("ovl native: ") + what + " has too many entries")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
+  if (out->Length() > kMaxArrayLength) return ThrowRange(env, what + " has too many entries");
   return true;
 }
 
-// Argument readers: on a wrong type they throw a TypeError into JavaScript and return false.
+// A path: a string (its UTF-8 bytes) or a Buffer (its bytes as they are), non-empty is not required here,
+// without NUL. On a wrong type it throws a TypeError into JavaScript and returns false.
+inline bool ValueToPath(Napi::Env env, Napi::Value v, const std::string& what, std::string* out) {
+  if (v.IsString()) {
+    *out = v.As<Napi::String>().Utf8Value();
+  } else if (v.IsBuffer()) {
+    auto b = v.As<Napi::Buffer<char>>();
+    out->assign(b.Data(), b.Length());
+  } else {
+    return ThrowType(env, what + " must be a string or a Buffer");
+  }
+  if (HasNul(*out)) return ThrowType(env, what + " contains a NUL byte");
+  return true;
+}
+
+inline Napi::Value Arg(const Napi::CallbackInfo& info, size_t i) {
+  return info.Length() > i ? info[i] : info.Env().Undefined();
+}
+
+inline bool ReadPath(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out) {
+  return ValueToPath(info.Env(), Arg(info, i), std::string("argument '") + name + "'", out);
+}
+
 inline bool ReadString(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out) {
-  if (info.Length() <= i || !info[i].IsString()) {
-    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' must be a string")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = info[i].As<Napi::String>().Utf8Value();
-  if (HasNul(*out)) {
-    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' contains a NUL byte")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
+  Napi::Value v = Arg(info, i);
+  if (!v.IsString()) return ThrowType(info.Env(), std::string("argument '") + name + "' must be a string");
+  *out = v.As<Napi::String>().Utf8Value();
+  if (HasNul(*out)) return ThrowType(info.Env(), std::string("argument '") + name + "' contains a NUL byte");
   return true;
 }
 
 inline bool ReadOptionalString(const Napi::CallbackInfo& info, size_t i, const char* name, std::string* out,
-                        bool* present) {
+                               bool* present) {
   *present = false;
-  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return true;
+  Napi::Value v = Arg(info, i);
+  if (v.IsNull() || v.IsUndefined()) return true;
   *present = true;
   return ReadString(info, i, name, out);
 }
 
+inline bool ValueToUint(Napi::Env env, Napi::Value v, const std::string& what, double max, uint64_t* out) {
+  if (v.IsBigInt()) {
+    bool lossless = false;
+    uint64_t u = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless || static_cast<double>(u) > max) return ThrowRange(env, what + " must be a non-negative integer in range");
+    *out = u;
+    return true;
+  }
+  if (!v.IsNumber()) return ThrowType(env, what + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > max || d != static_cast<double>(static_cast<uint64_t>(d)))
+    return ThrowRange(env, what + " must be a non-negative integer in range");
+  *out = static_cast<uint64_t>(d);
+  return true;
+}
+
 inline bool ReadUint(const Napi::CallbackInfo& info, size_t i, const char* name, double max, uint64_t* out) {
-  if (info.Length() <= i || !info[i].IsNumber()) {
-    Napi::TypeError::New(info.Env(), std::string("ovl native: argument '") + name + "' must be a number")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  double v = info[i].As<Napi::Number>().DoubleValue();
-  if (!(v >= 0) || v > max || v != static_cast<double>(static_cast<uint64_t>(v))) {
-    Napi::RangeError::New(info.Env(), std::string("ovl native: argument '") + name +
-                                          "' must be a non-negative integer in range")
-        .ThrowAsJavaScriptException();
-    return false;
-  }
-  *out = static_cast<uint64_t>(v);
+  return ValueToUint(info.Env(), Arg(info, i), std::string("argument '") + name + "'", max, out);
+}
+
+// A file descriptor argument: an integer from 0 to INT_MAX.
+inline bool ReadFd(Napi::Env env, Napi::Value v, const std::string& what, int* out) {
+  uint64_t u = 0;
+  if (!v.IsNumber()) return ThrowType(env, what + " must be a file descriptor (a number)");
+  if (!ValueToUint(env, v, what, 2147483647.0, &u)) return false;
+  *out = static_cast<int>(u);
   return true;
 }
 
 // Drains the fs-context message log of an fsopen() fd. Each read() returns one message.
 inline void DrainFsLog(int fsfd, std::vector<std::string>* out) {
   if (fsfd < 0) return;
+  int saved = errno;
   char buf[4096];
   for (int i = 0; i < 64; i++) {
-    ssize_t n = read(fsfd, buf, sizeof(buf) - 1);
+    ssize_t n = read(fsfd, buf, sizeof(buf));
     if (n <= 0) break;
     out->emplace_back(buf, static_cast<size_t>(n));
   }
+  errno = saved;
+}
+
+inline Napi::Array StringsToArray(Napi::Env env, const std::vector<std::string>& v) {
+  Napi::Array a = Napi::Array::New(env, v.size());
+  for (size_t i = 0; i < v.size(); i++) a.Set(i, Napi::String::New(env, v[i]));
+  return a;
 }
 
 inline Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
@@ -159,58 +180,77 @@ inline Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
   o.Set("syscall", Napi::String::New(env, e.syscall));
   if (!e.path.empty()) o.Set("path", Napi::String::New(env, e.path));
   if (e.step >= 0) o.Set("step", Napi::Number::New(env, e.step));
-  Napi::Array msgs = Napi::Array::New(env, e.messages.size());
-  for (size_t i = 0; i < e.messages.size(); i++) msgs.Set(i, Napi::String::New(env, e.messages[i]));
-  o.Set("messages", msgs);
-  Napi::Array log = Napi::Array::New(env, e.kernel_log.size());
-  for (size_t i = 0; i < e.kernel_log.size(); i++) log.Set(i, Napi::String::New(env, e.kernel_log[i]));
-  o.Set("kernelLog", log);
+  o.Set("messages", StringsToArray(env, e.messages));
+  o.Set("kernelLog", StringsToArray(env, e.kernel_log));
+  if (e.changed_layer >= 0) o.Set("changedLayer", Napi::Number::New(env, e.changed_layer));
+  if (e.has_found_id) o.Set("foundMountId", Napi::Number::New(env, static_cast<double>(e.found_id)));
   return o;
 }
 
-// Base worker: runs Run() on the thread pool, then settles a promise. Run() returns false and fills
-// error_ on failure; Resolve() builds the value on the main thread.
-class PromiseWorker : public Napi::AsyncWorker {
+// One system-call job: Run() does the calls (on a pool thread, or inline for *Sync) and touches no
+// JavaScript; Resolve() builds the plain result on the main thread.
+class Call {
  public:
-  explicit PromiseWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-
- protected:
+  virtual ~Call() = default;
   virtual bool Run() = 0;
   virtual Napi::Value Resolve(Napi::Env env) { return env.Undefined(); }
+  SysError error_;
+
+ protected:
+  // Records errno of the call that just failed (read first, before anything else can change it).
   bool Fail(const char* syscall, const std::string& path = std::string()) {
     error_.err = errno;
     error_.syscall = syscall;
     error_.path = path;
     return false;
   }
-  SysError error_;
+};
+
+// Runs a Call on the libuv thread pool and settles a promise with its result or its failure.
+class CallWorker : public Napi::AsyncWorker {
+ public:
+  CallWorker(Napi::Env env, std::unique_ptr<Call> call)
+      : Napi::AsyncWorker(env), call_(std::move(call)), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
 
  private:
-  void Execute() override { ok_ = Run(); }
+  void Execute() override { ok_ = call_->Run(); }
   void OnOK() override {
     Napi::HandleScope scope(Env());
-    if (ok_) {
-      deferred_.Resolve(Resolve(Env()));
-    } else {
-      deferred_.Reject(SysErrorToObject(Env(), error_));
-    }
+    if (ok_) deferred_.Resolve(call_->Resolve(Env()));
+    else deferred_.Reject(SysErrorToObject(Env(), call_->error_));
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
+  std::unique_ptr<Call> call_;
   Napi::Promise::Deferred deferred_;
   bool ok_ = false;
 };
 
-
-// Queues a worker on the thread pool and returns the promise it will settle.
-inline Napi::Value Queue(PromiseWorker* worker) {
+// The promise of a Call on the thread pool, or (sync) its result now, a failure thrown as its plain data.
+inline Napi::Value Dispatch(Napi::Env env, std::unique_ptr<Call> call, bool sync) {
+  if (sync) {
+    if (call->Run()) return call->Resolve(env);
+    napi_throw(env, SysErrorToObject(env, call->error_));
+    return env.Undefined();
+  }
+  auto* worker = new CallWorker(env, std::move(call));
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;
 }
 
-// Registers the exports of one native module file on `exports`.
-void RegisterXattr(Napi::Env env, Napi::Object exports);
+// A binding with an async form (`name`) and a sync twin (`nameSync`).
+template <Napi::Value (*F)(const Napi::CallbackInfo&, bool)>
+void ExportBoth(Napi::Env env, Napi::Object exports, const char* name) {
+  exports.Set(name, Napi::Function::New(env, [](const Napi::CallbackInfo& info) { return F(info, false); }, name));
+  std::string sync = std::string(name) + "Sync";
+  exports.Set(sync, Napi::Function::New(env, [](const Napi::CallbackInfo& info) { return F(info, true); }, sync));
+}
+
+// The exports of each native module file.
+void RegisterMount(Napi::Env env, Napi::Object exports);
+void RegisterTable(Napi::Env env, Napi::Object exports);
+void RegisterWalk(Napi::Env env, Napi::Object exports);
 
 }  // namespace ovl

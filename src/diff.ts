@@ -3,12 +3,22 @@
  * at a time, two batched native calls a level however many files it holds, and compares each entry with
  * what the lower layers showed at that path before (following overlay's own lookup rules).
  */
-import { realpath, stat } from "node:fs/promises";
+import { realpath } from "node:fs/promises";
 import { resolve } from "node:path";
 import { OverlayError, invalidArgType, invalidArgValue } from "./errors.js";
 import { checkPathArg } from "./validate.js";
 import { LowerLayers, overlayServing, type LowerDir } from "./which.js";
-import { LayerReader, checkXattrAccess, childPath, overlayXattrPrefix, parseRedirect, type LayerEntry } from "./xattr.js";
+import {
+  LayerReader,
+  checkXattrAccess,
+  childLoc,
+  closeLayerRoots,
+  openLayerRoots,
+  overlayXattrPrefix,
+  parseRedirect,
+  type LayerEntry,
+  type Loc,
+} from "./xattr.js";
 
 /** One change, its path from the overlay's root (`/a/b`). */
 export interface Change {
@@ -47,8 +57,8 @@ interface DirToVisit {
   path: string;
   /** The path its lower contents had before (differs from `path` under a renamed directory). */
   origin: string;
-  /** Absolute path of the upper directory. */
-  upperDir: string;
+  /** The upper directory (root 0 of the reader). */
+  upperDir: Loc;
   /** The lower directories it is compared with: what was at `origin` in the lower layers. */
   base: LowerDir[];
   /** Whether those lower entries still show through (false under an opaque directory). */
@@ -70,24 +80,7 @@ async function checkLayers(spec: unknown): Promise<Layers> {
   if (o.userxattr !== undefined && typeof o.userxattr !== "boolean") {
     throw invalidArgType("layers.userxattr", "of type boolean", o.userxattr);
   }
-  const dir = async (path: string, role: string) => {
-    try {
-      const real = await realpath(resolve(path));
-      if (!(await stat(real)).isDirectory()) {
-        throw new OverlayError("ENOTDIR", `${role} is not a directory`, { syscall: "stat", path });
-      }
-      return real;
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      if (err instanceof OverlayError || (err.code !== "ENOENT" && err.code !== "ENOTDIR")) throw e;
-      throw new OverlayError(err.code, `${role} does not exist`, { syscall: "realpath", path });
-    }
-  };
-  return {
-    upper: await dir(o.upper!, "the upper layer"),
-    lower: await Promise.all(lower.map((l, i) => dir(l, `lower layer ${i + 1}`))),
-    userxattr: o.userxattr ?? false,
-  };
+  return { upper: o.upper!, lower: lower as string[], userxattr: o.userxattr ?? false };
 }
 
 /** The layers of the overlay mounted at `target` (which must be its mount point). */
@@ -119,7 +112,7 @@ function lowerListing(reader: LayerReader, lowers: LowerLayers, base: LowerDir[]
   const shown = new Map<string, LayerEntry>();
   const decided = new Set<string>();
   for (const dir of base) {
-    for (const [name, entry] of reader.entries(lowers.abs(dir.layer, dir.path))) {
+    for (const [name, entry] of reader.entries(lowers.loc(dir.layer, dir.path))) {
       if (decided.has(name)) continue;
       decided.add(name);
       if (!entry.whiteout) shown.set(name, entry);
@@ -137,22 +130,34 @@ export async function diff(target: string | DiffLayers): Promise<Change[]> {
   if (!layers) return [];
   const prefix = overlayXattrPrefix(layers.userxattr);
   checkXattrAccess(prefix, layers.upper);
-  const reader = new LayerReader(prefix);
-  const lowers = new LowerLayers(reader, layers.lower);
+  // Each layer opened once: the walk reads beneath these fds only, whatever is swapped meanwhile.
+  const roots = await openLayerRoots([
+    { path: layers.upper, role: "the upper layer" },
+    ...layers.lower.map((l, i) => ({ path: l, role: `lower layer ${i + 1}` })),
+  ]);
+  try {
+    return await walkUpper(new LayerReader(prefix, roots), layers.lower.length);
+  } finally {
+    closeLayerRoots(roots);
+  }
+}
+
+async function walkUpper(reader: LayerReader, lowerCount: number): Promise<Change[]> {
+  const lowers = new LowerLayers(reader, Array.from({ length: lowerCount }, (_, i) => i + 1));
   const changes = new Map<string, Change>();
   const note = (c: Change) => changes.set(c.path, c);
 
-  let level: DirToVisit[] = [{ path: "", origin: "", upperDir: layers.upper, base: lowers.roots(), merges: true }];
+  let level: DirToVisit[] = [{ path: "", origin: "", upperDir: { root: 0, path: "" }, base: lowers.roots(), merges: true }];
   while (level.length > 0) {
     // Two trips a level: scan every upper directory (and the lower directories an opaque one hides, which
     // are listed whole), then look up the upper names in the lower directories that still show through
     // (cheaper than reading large lower directories for a few changes).
     reader.clear();
-    const lowerDir = (b: LowerDir) => lowers.abs(b.layer, b.path);
+    const lowerDir = (b: LowerDir) => lowers.loc(b.layer, b.path);
     await reader.scan(level.flatMap((d) => [d.upperDir, ...(d.merges ? [] : d.base.map(lowerDir))]));
     await reader.prefetch(
       level.flatMap((d) =>
-        d.merges ? [...reader.entries(d.upperDir).keys()].flatMap((name) => d.base.map((b) => childPath(lowerDir(b), name))) : [],
+        d.merges ? [...reader.entries(d.upperDir).keys()].flatMap((name) => d.base.map((b) => childLoc(lowerDir(b), name))) : [],
       ),
     );
     const next: DirToVisit[] = [];
@@ -190,7 +195,7 @@ export async function diff(target: string | DiffLayers): Promise<Change[]> {
           // Opaque itself, or new under an opaque directory: the lower directory that was here is hidden.
           const merges = !entry.opaque && (redirect !== undefined || dir.merges);
           if (!merges && was?.type === "directory") change.opaque = true;
-          next.push({ path, origin, upperDir: childPath(dir.upperDir, name), base, merges });
+          next.push({ path, origin, upperDir: childLoc(dir.upperDir, name), base, merges });
         } else if (entry.metacopy) {
           change.metadataOnly = true;
         }

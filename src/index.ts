@@ -5,12 +5,12 @@
  *   await using m = await overlay.mount({ lower: ["/l1", "/l2"], upper: "/u", work: "/w", target: "/mnt" });
  */
 import { invalidArgType } from "./errors.js";
-import { MountedOverlay, mountOverlay } from "./mount.js";
+import { MountedOverlay, mountOverlay, mountOverlaySync } from "./mount.js";
 import type { MountSpec } from "./validate.js";
 
 export { OverlayError } from "./errors.js";
 export type { MountFlags } from "./flags.js";
-export { kernelStrategy, MountedOverlay, umount, type KernelStrategy, type UmountOptions } from "./mount.js";
+export { kernelStrategy, MountedOverlay, umount, umountSync, type KernelStrategy, type UmountOptions } from "./mount.js";
 export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoOptions, type ParseMountInfoResult } from "./mountinfo.js";
 export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./overlay-options.js";
 export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table.js";
@@ -40,14 +40,35 @@ export function mount(
   rest?: MountRest,
 ): Promise<MountedOverlay>;
 export async function mount(...args: unknown[]): Promise<MountedOverlay> {
-  if (args.length <= 1) return mountOverlay(args[0] as MountSpec);
+  return mountOverlay(specOf(args));
+}
+
+/**
+ * `mount()` on the calling thread, like `fs.*Sync`: the same checks and calls without the thread pool, for
+ * command lines and test set-up. Same arguments, same result.
+ */
+export function mountSync(spec: MountSpec): MountedOverlay;
+export function mountSync(
+  lower: string | string[],
+  upper: string | undefined,
+  work: string | undefined,
+  target: string,
+  rest?: MountRest,
+): MountedOverlay;
+export function mountSync(...args: unknown[]): MountedOverlay {
+  return mountOverlaySync(specOf(args));
+}
+
+/** The spec of either call form. */
+function specOf(args: unknown[]): MountSpec {
+  if (args.length <= 1) return args[0] as MountSpec;
   const [lower, upper, work, target, rest] = args;
   if (rest !== undefined && (typeof rest !== "object" || rest === null)) throw invalidArgType("rest", "of type object", rest);
-  return mountOverlay({
+  return {
     ...(rest as MountRest | undefined),
     lower: lower as string[],
     ...(upper !== undefined ? { upper: upper as string } : {}),
     ...(work !== undefined ? { work: work as string } : {}),
     target: target as string,
-  });
+  };
 }

@@ -8,36 +8,62 @@
  * - `string`: the same with path strings (6.8+): literal, but at most 255 bytes per value.
  * - `legacy`: mount(2) with one option string escaped as overlay parses it; at most one page (4095 bytes),
  *   refused rather than truncated.
+ *
+ * What is checked is what is mounted: every path is opened once, into an O_PATH fd, and the rules are checked
+ * on facts read from those fds. `fd` hands the kernel those very fds; every strategy attaches the mount onto
+ * the target's fd. `string` and `legacy` must give the kernel path strings, which it resolves again: they
+ * verify afterwards (while the mount is still detached, for `string`) that each path still names the
+ * directory checked, and drop the mount otherwise.
  */
+import { closeSync } from "node:fs";
 import { constants } from "node:os";
-import { resolve } from "node:path";
-import { OverlayError, fromNative, invalidArgType } from "./errors.js";
+import { basename, dirname, resolve } from "node:path";
+import { OverlayError, describeErrno, fromNative, invalidArgType } from "./errors.js";
 import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.js";
-import { type FsConfigStep, FsConfigKind, type NativeFailure, type StatMountResult, native } from "./native.js";
+import { parseMountInfo } from "./mountinfo.js";
+import {
+  type FsConfigStep,
+  FsConfigKind,
+  type LayerCheck,
+  type NativeFailure,
+  type Plan,
+  type StatMountResult,
+  native,
+  nativeCall,
+  runAsync,
+  runSync,
+} from "./native.js";
 import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings, toOverlayMount } from "./overlay-options.js";
 import { mountInfoFromStatmount } from "./statmount.js";
-import { list, settleUpperWork } from "./table.js";
 import { inUserNamespace } from "./userns.js";
-import type { OverlayMount } from "./types.js";
-import { type CheckedSpec, type MountSpec, checkPathArg, checkSpec } from "./validate.js";
+import type { MountInfo, OverlayMount, OverlayOptions } from "./types.js";
+import {
+  type CheckedSpec,
+  type MountSpec,
+  type OpenedRole,
+  type ShapedSpec,
+  checkOpened,
+  checkPathArg,
+  checkSpecShape,
+  openRequest,
+} from "./validate.js";
 
 export type KernelStrategy = "fd" | "string" | "legacy";
 
-const ENOSYS = constants.errno.ENOSYS;
+const { ENOSYS, ENOENT, ESTALE } = constants.errno;
 const FSCONFIG_STRING_MAX = 255;
 const MOUNT_DATA_MAX = 4095;
 
 let knownStrategy: KernelStrategy | undefined;
 
 /**
- * The best way this kernel takes an overlay, found once by configuring (not creating) a throwaway
- * context: fsopen + fsconfig only, nothing is mounted.
+ * The best way this kernel takes an overlay, found once by configuring (not creating) a throwaway context
+ * with `probeFd` (any open directory) as a layer: fsopen + fsconfig only, nothing is mounted.
  */
-export async function kernelStrategy(): Promise<KernelStrategy> {
+function* strategyPlan(probeFd: number): Plan<KernelStrategy> {
   if (knownStrategy) return knownStrategy;
-  const n = native();
   try {
-    await n.fsMount("overlay", [[FsConfigKind.PathFd, "lowerdir+", "/"]], 0, null);
+    yield* nativeCall("fsMount", "overlay", [[FsConfigKind.Fd, "lowerdir+", probeFd]], 0, null);
     return (knownStrategy = "fd");
   } catch (e) {
     const f = e as NativeFailure;
@@ -47,36 +73,59 @@ export async function kernelStrategy(): Promise<KernelStrategy> {
     }
   }
   try {
-    await n.fsMount("overlay", [[FsConfigKind.String, "lowerdir+", "/"]], 0, null);
+    yield* nativeCall("fsMount", "overlay", [[FsConfigKind.String, "lowerdir+", "/"]], 0, null);
     return (knownStrategy = "string");
   } catch {
     return (knownStrategy = "legacy");
   }
 }
 
+/** The best way this kernel takes an overlay: `fd` (6.13+), `string` (6.8+) or `legacy` (mount(2)). */
+export async function kernelStrategy(): Promise<KernelStrategy> {
+  if (knownStrategy) return knownStrategy;
+  const { paths } = await native().openPaths(["/"]);
+  const fd = paths[0]!.fd;
+  if (fd === undefined) return "fd";
+  try {
+    return await runAsync(strategyPlan(fd));
+  } finally {
+    closeSync(fd);
+  }
+}
+
 const byteLength = (s: string) => Buffer.byteLength(s, "utf8");
 
-/** A step of the plan and the path (if any) it is about, to name it when the kernel refuses it. */
+/** A step of the plan and the layer (if any) it is about, to name it when the kernel refuses it. */
 interface PlannedStep {
   step: FsConfigStep;
-  path?: string;
+  role?: OpenedRole;
   label: string;
 }
 
+/** The layers in the order they are handed to the kernel, each with its fsconfig key. */
+function layerKeys(spec: CheckedSpec): [key: string, role: OpenedRole, literal: boolean][] {
+  return [
+    ...spec.lowerDirs.map((r) => ["lowerdir+", r, true] as [string, OpenedRole, boolean]),
+    ...spec.dataDirs.map((r) => ["datadir+", r, true] as [string, OpenedRole, boolean]),
+    ...(spec.upperDir && spec.workDir
+      ? ([
+          ["upperdir", spec.upperDir, false],
+          ["workdir", spec.workDir, false],
+        ] as [string, OpenedRole, boolean][])
+      : []),
+  ];
+}
+
 function fsConfigPlan(spec: CheckedSpec, byFd: boolean): PlannedStep[] {
-  const pathStep = (key: string, path: string, label: string, literal: boolean): PlannedStep => ({
-    step: byFd
-      ? [FsConfigKind.PathFd, key, path]
-      : [FsConfigKind.String, key, literal ? path : escapeUpperWorkPath(path)],
-    path,
-    label,
-  });
   const plan: PlannedStep[] = [{ step: [FsConfigKind.String, "source", spec.source], label: "source" }];
-  spec.lower.forEach((p, i) => plan.push(pathStep("lowerdir+", p, `lower layer ${i + 1}`, true)));
-  spec.data.forEach((p, i) => plan.push(pathStep("datadir+", p, `data layer ${i + 1}`, true)));
-  if (spec.upper !== undefined && spec.work !== undefined) {
-    plan.push(pathStep("upperdir", spec.upper, "upper layer", false));
-    plan.push(pathStep("workdir", spec.work, "work directory", false));
+  for (const [key, role, literal] of layerKeys(spec)) {
+    plan.push({
+      step: byFd
+        ? [FsConfigKind.Fd, key, role.fd]
+        : [FsConfigKind.String, key, literal ? role.real : escapeUpperWorkPath(role.real)],
+      role,
+      label: role.label,
+    });
   }
   for (const opt of featureOptionStrings(spec.options)) {
     const eq = opt.indexOf("=");
@@ -91,11 +140,11 @@ function fsConfigPlan(spec: CheckedSpec, byFd: boolean): PlannedStep[] {
 
 /** The first string value fsconfig() would refuse for length, if any. */
 function overlongValue(plan: PlannedStep[]): PlannedStep | undefined {
-  return plan.find((p) => p.step[0] === FsConfigKind.String && byteLength(p.step[2]!) > FSCONFIG_STRING_MAX);
+  return plan.find((p) => p.step[0] === FsConfigKind.String && byteLength(String(p.step[2])) > FSCONFIG_STRING_MAX);
 }
 
 /** The mount(2) data string, escaped exactly as overlay's parser reads it back. */
-export function legacyMountData(spec: CheckedSpec): string {
+export function legacyMountData(spec: { lower: string[]; data: string[]; upper?: string; work?: string; options: OverlayOptions }): string {
   let lowerdir = spec.lower.map(escapeLowerdirPath).join(":");
   for (const d of spec.data) lowerdir += `::${escapeLowerdirPath(d)}`;
   const parts = [`lowerdir=${lowerdir}`];
@@ -104,6 +153,14 @@ export function legacyMountData(spec: CheckedSpec): string {
   }
   parts.push(...featureOptionStrings(spec.options));
   return parts.join(",");
+}
+
+/**
+ * The strategies that hand the kernel path strings make it resolve each layer again: these checks make the
+ * addon verify, once the kernel has, that every path still names the directory that was checked.
+ */
+function layerChecks(spec: CheckedSpec): LayerCheck[] {
+  return layerKeys(spec).map(([, r]) => [r.real, r.facts.devMajor, r.facts.devMinor, r.facts.ino]);
 }
 
 const kernelSaidWhy = (f: NativeFailure) => f.messages?.length > 0 || (f.kernelLog?.length ?? 0) > 0;
@@ -115,8 +172,8 @@ const mountHints: Record<string, string> = {
 
 /** Bytes statmount needs for a mount's strings, guessed from its paths (a 500-layer table runs to 55 KB). */
 function statmountSizeHint(spec: CheckedSpec): number {
-  let bytes = 1024 + 2 * byteLength(spec.target);
-  for (const p of [...spec.lower, ...spec.data, spec.upper ?? "", spec.work ?? ""]) bytes += byteLength(p) + 16;
+  let bytes = 1024 + 2 * byteLength(spec.targetDir.real);
+  for (const [, r] of layerKeys(spec)) bytes += byteLength(r.real) + 16;
   return bytes;
 }
 
@@ -125,35 +182,57 @@ interface NewMount {
   unique: boolean;
   /** statmount fields when the mount call already read them. */
   statmount?: StatMountResult;
+  /** What the kernel said about a mount that succeeded. */
+  warnings: string[];
 }
 
-async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<NewMount> {
+/** A layer that no longer named what was checked when the kernel resolved its path: nothing stays mounted. */
+function changedLayer(spec: CheckedSpec, f: NativeFailure): OverlayError {
+  const role = layerKeys(spec)[f.changedLayer!]?.[1];
+  const why = f.errno === ESTALE ? "now names a different directory" : `can no longer be opened (${describeErrno(f.errno).code})`;
+  return new OverlayError(
+    "ESTALE",
+    `${role?.label ?? "a layer"} '${role?.real ?? f.path}' ${why} than the one checked: it was replaced while mounting, ` +
+      "so the mount was dropped before anyone could use it",
+    { syscall: f.syscall, path: role?.path ?? f.path ?? spec.target, dest: spec.target, hint: "use the `fd` strategy (Linux 6.13+), which hands the kernel the checked directories themselves" },
+  );
+}
+
+function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
   const plan = fsConfigPlan(spec, byFd);
   if (!byFd) {
     const long = overlongValue(plan);
     if (long) {
       throw new OverlayError(
         "ENAMETOOLONG",
-        `${long.label} '${long.path ?? long.step[2]}' is ${byteLength(long.step[2]!)} bytes; fsconfig() takes at most ` +
+        `${long.label} '${long.role?.real ?? long.step[2]}' is ${byteLength(String(long.step[2]))} bytes; fsconfig() takes at most ` +
           `${FSCONFIG_STRING_MAX} bytes per value`,
-        { syscall: "fsconfig", path: long.path ?? spec.target, dest: spec.target, hint: "use the `fd` or `legacy` strategy" },
+        { syscall: "fsconfig", path: long.role?.path ?? spec.target, dest: spec.target, hint: "use the `fd` or `legacy` strategy" },
       );
     }
   }
   try {
-    const r = await native().fsMount(
+    const r = yield* nativeCall(
+      "fsMount",
       "overlay",
       plan.map((p) => p.step),
       mountAttrFlags(spec.flags),
-      spec.target,
+      spec.targetDir.fd,
       statmountSizeHint(spec),
+      byFd ? undefined : layerChecks(spec),
     );
-    return { id: r.mountId!, unique: r.unique!, ...(r.statmount ? { statmount: r.statmount } : {}) };
+    return {
+      id: r.mountId!,
+      unique: r.unique!,
+      warnings: [...r.messages, ...r.warnings],
+      ...(r.statmount ? { statmount: r.statmount } : {}),
+    };
   } catch (e) {
     const f = e as NativeFailure;
+    if (f.changedLayer !== undefined) throw changedLayer(spec, f);
     const planned = f.step !== undefined ? plan[f.step] : undefined;
     throw fromNative(f, {
-      path: planned?.path ?? spec.target,
+      path: planned?.role?.path ?? spec.target,
       dest: spec.target,
       what: planned ? `the kernel refused ${planned.label}` : `mounting overlay on '${spec.target}'`,
       hints: kernelSaidWhy(f) ? {} : mountHints,
@@ -161,8 +240,13 @@ async function mountByFsConfig(spec: CheckedSpec, byFd: boolean): Promise<NewMou
   }
 }
 
-async function mountByLegacy(spec: CheckedSpec): Promise<NewMount> {
-  const data = legacyMountData(spec);
+function* mountByLegacy(spec: CheckedSpec): Plan<NewMount> {
+  const data = legacyMountData({
+    lower: spec.lowerDirs.map((r) => r.real),
+    data: spec.dataDirs.map((r) => r.real),
+    ...(spec.upperDir && spec.workDir ? { upper: spec.upperDir.real, work: spec.workDir.real } : {}),
+    options: spec.options,
+  });
   if (byteLength(data) > MOUNT_DATA_MAX) {
     throw new OverlayError(
       "E2BIG",
@@ -171,43 +255,58 @@ async function mountByLegacy(spec: CheckedSpec): Promise<NewMount> {
       { syscall: "mount", path: spec.target, dest: spec.target, hint: "use shorter layer paths, or a kernel with fsconfig() (the `fd` strategy)" },
     );
   }
-  const n = native();
   try {
-    await n.mount(spec.source, spec.target, "overlay", legacyMountFlags(spec.flags), data);
+    const r = yield* nativeCall(
+      "mount",
+      spec.source,
+      spec.targetDir.fd,
+      spec.targetDir.real,
+      "overlay",
+      legacyMountFlags(spec.flags),
+      data,
+      layerChecks(spec),
+    );
+    return { id: r.mountId, unique: r.unique, warnings: r.warnings };
   } catch (e) {
-    throw fromNative(e as NativeFailure, {
+    const f = e as NativeFailure;
+    if (f.changedLayer !== undefined) throw changedLayer(spec, f);
+    throw fromNative(f, {
       path: spec.target,
-      what: `mounting overlay on '${spec.target}'`,
-      hints: kernelSaidWhy(e as NativeFailure) ? {} : mountHints,
+      what: f.syscall === "mount" ? `mounting overlay on '${spec.target}'` : `finding the new mount on '${spec.targetDir.real}'`,
+      hints: kernelSaidWhy(f) ? {} : mountHints,
     });
-  }
-  try {
-    const { mountId, unique } = await n.mountId(spec.target, true);
-    return { id: mountId, unique };
-  } catch (e) {
-    await n.umount(spec.target, 2).catch(() => undefined);
-    throw fromNative(e as NativeFailure, { path: spec.target, what: "reading the new mount's id" });
   }
 }
 
 /** Describes one mount by id: statmount(2) where the kernel has it, else the mount table. */
-async function describe(made: NewMount, target: string, sizeHint: number): Promise<OverlayMount> {
+function* describe(made: NewMount, spec: CheckedSpec): Plan<OverlayMount> {
   const { id, unique } = made;
-  if (made.statmount) return settleUpperWork(toOverlayMount(mountInfoFromStatmount(made.statmount)));
-  if (unique) {
+  let info: MountInfo | undefined;
+  if (made.statmount) info = mountInfoFromStatmount(made.statmount);
+  else if (unique) {
     try {
-      return await settleUpperWork(toOverlayMount(mountInfoFromStatmount(await native().statMount(id, sizeHint))));
+      info = mountInfoFromStatmount(yield* nativeCall("statMount", id, statmountSizeHint(spec)));
     } catch (e) {
-      if ((e as NativeFailure).errno !== ENOSYS) throw fromNative(e as NativeFailure, { path: target, what: "describing the new mount" });
+      if ((e as NativeFailure).errno !== ENOSYS) throw fromNative(e as NativeFailure, { path: spec.target, what: "describing the new mount" });
     }
   }
-  const all = await list({ all: true });
-  const oldId = unique ? (await native().mountId(target, false)).mountId : id;
-  const found = all.find((m) => m.id === oldId);
-  if (!found || !("lower" in found)) {
-    throw new OverlayError("ENOENT", `the new overlay on '${target}' is not in the mount table`, { syscall: "mount", path: target });
+  if (!info) {
+    const table = yield* nativeCall("readText", "/proc/self/mountinfo");
+    const oldId = unique ? (yield* nativeCall("mountId", spec.targetDir.real, false)).mountId : id;
+    info = parseMountInfo(table, { fstype: "overlay" }).mounts.find((m) => m.id === oldId);
+    if (!info) {
+      throw new OverlayError("ENOENT", `the new overlay on '${spec.targetDir.real}' is not in the mount table`, { syscall: "mount", path: spec.target });
+    }
   }
-  return found;
+  // The layers are the directories checked, by the paths the kernel held for them when they were opened.
+  const entry = toOverlayMount(info);
+  entry.lower = spec.lowerDirs.map((r) => r.real);
+  entry.data = spec.dataDirs.map((r) => r.real);
+  if (spec.upperDir && spec.workDir) {
+    entry.upper = spec.upperDir.real;
+    entry.work = spec.workDir.real;
+  }
+  return entry;
 }
 
 export interface UmountOptions {
@@ -236,32 +335,100 @@ function checkUmountOptions(opts: unknown): UmountOptions {
   return opts as UmountOptions;
 }
 
-/** umount2(2) of `target`, with util-linux's vocabulary for the flags. */
-export async function umount(target: string, opts?: UmountOptions): Promise<void> {
-  const path = resolve(checkPathArg(target, "target"));
-  const o = checkUmountOptions(opts);
+function umountFlags(path: string, o: UmountOptions): number {
   if (o.expire && (o.lazy || o.force)) {
     throw new OverlayError("EINVAL", "`expire` cannot be combined with `lazy` or `force`", { syscall: "umount2", path });
   }
-  const flags =
-    (o.force ? MNT_FORCE : 0) | (o.lazy ? MNT_DETACH : 0) | (o.expire ? MNT_EXPIRE : 0) | (o.noFollow ? UMOUNT_NOFOLLOW : 0);
+  return (o.force ? MNT_FORCE : 0) | (o.lazy ? MNT_DETACH : 0) | (o.expire ? MNT_EXPIRE : 0) | (o.noFollow ? UMOUNT_NOFOLLOW : 0);
+}
+
+function umountError(f: NativeFailure, path: string, o: UmountOptions): OverlayError {
+  return fromNative(f, {
+    path,
+    what: `unmounting '${path}'`,
+    hints: {
+      EINVAL: o.noFollow ? `'${path}' is not a mount point, or is a symlink (noFollow)` : `'${path}' is not a mount point`,
+      EBUSY: o.force
+        ? "overlay has no forced unmount; `lazy: true` (umount -l) detaches it now and frees it when the last user is gone"
+        : "the mount is in use; `lazy: true` (umount -l) detaches it now and frees it when the last user is gone",
+      EAGAIN: "the mount was idle and is now marked as expired; call again with `expire: true` to unmount it",
+    },
+  });
+}
+
+function* umountPlan(target: unknown, opts: unknown): Plan<void> {
+  const path = resolve(checkPathArg(target, "target"));
+  const o = checkUmountOptions(opts);
+  const flags = umountFlags(path, o);
   try {
-    await native().umount(path, flags);
+    yield* nativeCall("umount", path, flags);
   } catch (e) {
-    throw fromNative(e as NativeFailure, {
-      path,
-      what: `unmounting '${path}'`,
-      hints: {
-        EINVAL: o.noFollow
-          ? `'${path}' is not a mount point, or is a symlink (noFollow)`
-          : `'${path}' is not a mount point`,
-        EBUSY: o.force
-          ? "overlay has no forced unmount; `lazy: true` (umount -l) detaches it now and frees it when the last user is gone"
-          : "the mount is in use; `lazy: true` (umount -l) detaches it now and frees it when the last user is gone",
-        EAGAIN: "the mount was idle and is now marked as expired; call again with `expire: true` to unmount it",
-      },
+    throw umountError(e as NativeFailure, path, o);
+  }
+}
+
+/** umount2(2) of `target`, with util-linux's vocabulary for the flags. One trip to the thread pool. */
+export function umount(target: string, opts?: UmountOptions): Promise<void> {
+  try {
+    return runAsync(umountPlan(target, opts));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/** `umount()` on the calling thread, like `fs.*Sync`: for command lines and test set-up. */
+export function umountSync(target: string, opts?: UmountOptions): void {
+  runSync(umountPlan(target, opts));
+}
+
+/**
+ * Unmounts exactly the mount `id` (a unique mount id): the one on `target` if that is it, else, if it was moved,
+ * the one where the kernel now says it is. Never another mount reached through a path swapped meanwhile.
+ * `ifGone`: what to do when it no longer exists ("ok" for disposal, else an error).
+ */
+function* umountByIdPlan(id: number, target: string, o: UmountOptions, ifGone: "ok" | "error"): Plan<void> {
+  const flags = umountFlags(target, o) & ~UMOUNT_NOFOLLOW; // the mount point is checked to be a directory
+  const tryAt = function* (path: string): Plan<NativeFailure | undefined> {
+    if (path === "/") {
+      // No parent to hold: the root is checked by id, then unmounted by path.
+      const top = yield* nativeCall("mountId", "/", true);
+      if (top.mountId !== id) return { errno: ESTALE, syscall: "statx", messages: [], foundMountId: top.mountId };
+      yield* nativeCall("umount", "/", flags);
+      return undefined;
+    }
+    try {
+      yield* nativeCall("umountAt", dirname(path), basename(path), id, flags);
+      return undefined;
+    } catch (e) {
+      const f = e as NativeFailure;
+      if (f.errno !== ESTALE && f.errno !== ENOENT) throw umountError(f, path, o);
+      return f;
+    }
+  };
+  const first = yield* tryAt(target);
+  if (!first) return;
+  // Not on `target`: gone, moved, or covered by another mount.
+  let now: StatMountResult;
+  try {
+    now = yield* nativeCall("statMount", id, 256 + byteLength(target));
+  } catch (e) {
+    if ((e as NativeFailure).errno !== ENOENT) throw fromNative(e as NativeFailure, { path: target });
+    if (ifGone === "ok") return;
+    throw new OverlayError("EINVAL", `the overlay once mounted at '${target}' (mount id ${id}) is no longer mounted`, {
+      syscall: "umount2",
+      path: target,
     });
   }
+  if (now.point !== undefined && now.point !== target) {
+    if (!(yield* tryAt(now.point))) return;
+  }
+  const where = now.point ?? target;
+  throw new OverlayError(
+    "EBUSY",
+    `another mount now covers '${where}' (mount id ${first.foundMountId || "unknown"}), or the path leads elsewhere; ` +
+      `not unmounting it in place of this overlay (mount id ${id})`,
+    { syscall: "umount2", path: where, hint: `unmount what covers '${where}' first` },
+  );
 }
 
 /** A mounted overlay: its mount-table entry, and a handle that unmounts it (also via `await using`). */
@@ -286,51 +453,57 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
   declare uniqueId?: number;
   /** How the layers were handed to the kernel. */
   declare strategy: KernelStrategy;
+  /**
+   * What the kernel said about this mount though it succeeded (overlay's kernel-log lines, e.g. that a layer
+   * is in use by another mount, or that a feature fell back); usually empty.
+   */
+  declare warnings: string[];
 
-  constructor(entry: OverlayMount, uniqueId: number | undefined, strategy: KernelStrategy) {
+  constructor(entry: OverlayMount, uniqueId: number | undefined, strategy: KernelStrategy, warnings: string[] = []) {
     Object.assign(this, entry);
     if (uniqueId !== undefined) this.uniqueId = uniqueId;
     Object.defineProperty(this, "strategy", { value: strategy, enumerable: false });
+    Object.defineProperty(this, "warnings", { value: warnings, enumerable: false });
   }
 
-  /** Unmounts this overlay (`umount(target, opts)`). */
+  /**
+   * Unmounts this overlay: exactly this mount (by its unique id), or an error saying why not (another mount
+   * covers it, it is gone). On kernels without unique ids, `umount(target)`.
+   */
   unmount(opts?: UmountOptions): Promise<void> {
-    return umount(this.target, opts);
+    try {
+      return runAsync(this.#plan(opts, "error"));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** `unmount()` on the calling thread. */
+  unmountSync(opts?: UmountOptions): void {
+    runSync(this.#plan(opts, "error"));
+  }
+
+  #plan(opts: unknown, ifGone: "ok" | "error"): Plan<void> {
+    const o = checkUmountOptions(opts);
+    if (this.uniqueId === undefined) return umountPlan(this.target, o);
+    return umountByIdPlan(this.uniqueId, this.target, o, ifGone);
   }
 
   /**
    * Unmounts when an `await using` scope ends, unless it is already gone. Refuses to unmount something else
    * that was mounted on top of the same target since.
    */
-  async [Symbol.asyncDispose](): Promise<void> {
-    const n = native();
-    if (this.uniqueId !== undefined) {
-      // Usually this overlay is still what the target shows: unmount it. Otherwise find out why not.
-      const top = await n.mountId(this.target, true).catch(() => undefined);
-      if (top?.unique && top.mountId === this.uniqueId) return this.unmount();
-      try {
-        await n.statMount(this.uniqueId);
-      } catch (e) {
-        if ((e as NativeFailure).errno === constants.errno.ENOENT) return; // already unmounted
-        throw fromNative(e as NativeFailure, { path: this.target });
-      }
-      if (top && top.unique) {
-        throw new OverlayError("EBUSY", `another mount now covers '${this.target}'; not unmounting it in place of this overlay`, {
-          syscall: "umount2",
-          path: this.target,
-        });
-      }
-    }
-    await this.unmount();
+  [Symbol.asyncDispose](): Promise<void> {
+    return runAsync(this.#plan(undefined, "ok"));
   }
 }
 
 /**
  * In a user namespace overlay cannot write `trusted.overlay.*` xattrs: without `userxattr` the mount
- * succeeds but deleting a lower file fails with EOVERFLOW. Docker and containerd add it there; so does ovl,
+ * succeeds but removing a lower directory fails with EIO. Docker and containerd add it there; so does ovl,
  * unless the caller chose, or chose options that exclude it.
  */
-function withRootlessDefaults(spec: CheckedSpec): CheckedSpec {
+function withRootlessDefaults(spec: ShapedSpec): ShapedSpec {
   const o = spec.options;
   if (o.userxattr !== undefined || o.metacopy === true || (o.redirectDir !== undefined && o.redirectDir !== "nofollow")) {
     return spec; // the caller chose, or chose options that rule userxattr out
@@ -339,23 +512,46 @@ function withRootlessDefaults(spec: CheckedSpec): CheckedSpec {
   return { ...spec, options: { ...o, userxattr: true } };
 }
 
-/** Mounts an overlay after checking every rule the kernel would apply, naming the path that broke one. */
-export async function mountOverlay(spec: MountSpec): Promise<MountedOverlay> {
-  const checked = withRootlessDefaults(await checkSpec(spec));
-  const strategy: KernelStrategy =
-    checked.strategy !== "auto"
-      ? checked.strategy
-      : await kernelStrategy().then((best) =>
-          best === "string" && overlongValue(fsConfigPlan(checked, false)) ? "legacy" : best,
-        );
-  const made =
-    strategy === "legacy" ? await mountByLegacy(checked) : await mountByFsConfig(checked, strategy === "fd");
+/**
+ * Mounting, written once for the async and the sync form: one trip opens every path into an fd and reads
+ * the facts the rules are checked on; one more hands the same fds to the kernel and describes the result.
+ */
+function* mountPlan(spec: unknown): Plan<MountedOverlay> {
+  const shaped = withRootlessDefaults(checkSpecShape(spec));
+  const req = openRequest(shaped);
+  const opened = yield* nativeCall("openPaths", req.paths, req.list, req.probes, req.table);
   try {
-    const entry = await describe(made, checked.target, statmountSizeHint(checked));
-    return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy);
-  } catch (e) {
-    // Leave nothing half-done: a mount the caller cannot be handed is taken down again.
-    await native().umount(checked.target, MNT_DETACH).catch(() => undefined);
-    throw e;
+    const checked = checkOpened(shaped, req, opened);
+    let strategy: KernelStrategy;
+    if (checked.strategy !== "auto") strategy = checked.strategy;
+    else {
+      strategy = yield* strategyPlan(checked.targetDir.fd);
+      if (strategy === "string" && overlongValue(fsConfigPlan(checked, false))) strategy = "legacy";
+    }
+    const made = strategy === "legacy" ? yield* mountByLegacy(checked) : yield* mountByFsConfig(checked, strategy === "fd");
+    try {
+      const entry = yield* describe(made, checked);
+      return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy, made.warnings);
+    } catch (e) {
+      // Leave nothing half-done: a mount the caller cannot be handed is taken down again, exactly it.
+      if (made.unique) yield* umountByIdPlan(made.id, checked.targetDir.real, { lazy: true }, "ok");
+      throw e;
+    }
+  } finally {
+    for (const p of opened.paths) if (p.fd !== undefined) closeSync(p.fd);
   }
+}
+
+/** Mounts an overlay after checking every rule the kernel would apply, naming the path that broke one. */
+export function mountOverlay(spec: MountSpec): Promise<MountedOverlay> {
+  try {
+    return runAsync(mountPlan(spec));
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/** `mount()` on the calling thread, like `fs.*Sync`: for command lines and test set-up. */
+export function mountOverlaySync(spec: MountSpec): MountedOverlay {
+  return runSync(mountPlan(spec));
 }

@@ -16,6 +16,7 @@
  *   options must be split on the raw commas before decoding. One exception: SELinux prints
  *   `context="...,..."` (and fscontext/defcontext/rootcontext) with raw commas inside double quotes.
  */
+import { invalidArgType } from "./errors.js";
 import type { MountInfo } from "./types.js";
 
 /** A line that could not be parsed. */
@@ -160,12 +161,8 @@ function parseUint(s: string, a: number, b: number): number {
 
 function toText(text: unknown): string {
   if (typeof text === "string") return text;
-  try {
-    if (text instanceof Uint8Array) return Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString("utf8");
-    return text === undefined || text === null ? "" : String(text);
-  } catch {
-    return "";
-  }
+  if (text instanceof Uint8Array) return Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString("utf8");
+  throw invalidArgType("text", "of type string or an instance of Buffer or Uint8Array", text);
 }
 
 /** Options of parseMountInfo(). */

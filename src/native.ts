@@ -9,33 +9,44 @@ import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-/** What a failed system call rejects with. */
+/** What a failed system call rejects with (or, for a `*Sync` call, throws). */
 export interface NativeFailure {
   errno: number;
   syscall: string;
   path?: string;
-  /** Index of the fsMount step whose fsconfig() or open() failed. */
+  /** fsMount: index of the step whose fsconfig() failed. */
   step?: number;
+  /** fsMount, mount: index of the `verify` entry whose path no longer named the directory checked. */
+  changedLayer?: number;
   /** The fs-context log, one message a line, as the kernel wrote it ("e overlay: ..."). */
   messages: string[];
   /**
-   * Overlay's lines in the kernel log (dmesg) printed while a failed mount ran, where overlay reports most
-   * refusals; empty without CAP_SYSLOG. Lines of a concurrent failure elsewhere may mix in.
+   * Overlay's lines in the kernel log (dmesg) written while a failed mount ran (read by position: only
+   * records written after the call started), where overlay reports most refusals; empty without CAP_SYSLOG.
    */
   kernelLog?: string[];
+  /** umountAt: the mount found where the expected one was not (0: none). */
+  foundMountId?: number;
 }
+
+/** A path as the addon takes it: a string (its UTF-8 bytes) or a Buffer (the bytes as they are). */
+export type PathArg = string | Buffer;
 
 /** fsconfig() commands the addon accepts in a step (the kernel's FSCONFIG_SET_* numbers). */
 export const FsConfigKind = {
   Flag: 0,
   String: 1,
-  /** The value is a path; the addon opens it O_PATH and passes the fd (FSCONFIG_SET_FD). */
-  PathFd: 5,
+  /** The value is an open fd (FSCONFIG_SET_FD). */
+  Fd: 5,
 } as const;
 
 export type FsConfigStep =
   | [kind: typeof FsConfigKind.Flag, key: string]
-  | [kind: typeof FsConfigKind.String | typeof FsConfigKind.PathFd, key: string, value: string];
+  | [kind: typeof FsConfigKind.String, key: string, value: PathArg]
+  | [kind: typeof FsConfigKind.Fd, key: string, fd: number];
+
+/** A directory that must still be the one checked once the kernel resolved its path string itself. */
+export type LayerCheck = [path: PathArg, devMajor: number, devMinor: number, ino: bigint];
 
 export interface FsMountResult {
   /** The new mount's id: the unique 64-bit one when `unique`, else the reusable mountinfo id. */
@@ -43,8 +54,10 @@ export interface FsMountResult {
   unique?: boolean;
   /** The new mount's statmount fields, when asked for and the kernel has statmount. */
   statmount?: StatMountResult;
-  /** Warnings the kernel left in the fs-context log of a mount that succeeded. */
+  /** Messages the kernel left in the fs-context log of a mount that succeeded. */
   messages: string[];
+  /** Overlay's lines in the kernel log written while the mount was made (warnings of a mount that succeeded). */
+  warnings: string[];
 }
 
 export interface MountIdResult {
@@ -52,22 +65,38 @@ export interface MountIdResult {
   unique: boolean;
 }
 
-export type PathFacts =
-  | {
-      realpath: string;
-      mode: number;
-      devMajor: number;
-      devMinor: number;
-      ino: number;
-      mountId: number;
-      uniqueMountId: boolean;
-      /** For directories listed: how many entries (besides . and ..), and the first 16 names. */
-      entryCount?: number;
-      entries?: string[];
-      listErrno?: number;
-      errno?: undefined;
-    }
-  | { errno: number; syscall: string; realpath?: undefined };
+/** What statx(AT_EMPTY_PATH) says of an open fd. */
+export interface FdFacts {
+  mode: number;
+  uid: number;
+  gid: number;
+  nlink: number;
+  devMajor: number;
+  devMinor: number;
+  ino: bigint;
+  mountId: number;
+  uniqueMountId: boolean;
+  /** The fd is the root of a mount. */
+  mountRoot: boolean;
+  /** Directories listed: how many entries (besides . and ..), and the first 16 names. */
+  entryCount?: number;
+  entries?: Buffer[];
+  listErrno?: number;
+}
+
+/** One path of openPaths(): its fd (the caller's to use and close), the path the kernel holds, and facts. */
+export type OpenedPath =
+  | (FdFacts & { fd: number; realpath: Buffer; errno?: undefined })
+  | { errno: number; syscall: string; notDirectory?: true; fd?: undefined };
+
+export type ProbeFacts = (FdFacts & { errno?: undefined }) | { errno: number };
+
+export interface OpenPathsResult {
+  paths: OpenedPath[];
+  probes: ProbeFacts[];
+  /** The file asked for as `table`, read whole in the same trip (absent if it could not be read). */
+  table?: string;
+}
 
 /** statmount(2) fields, as the kernel returns them. */
 export interface StatMountResult {
@@ -107,12 +136,12 @@ export interface NativeMountWatcher {
   close(): void;
 }
 
-/** lstat(2) facts and overlay xattrs of one path (lstatXattrs) or directory entry (scanDirs); never follows links. */
+/** lstat(2) facts and overlay xattrs of one entry (lstatXattrs, scanDirs); never follows links. */
 export type NativeEntry =
   | {
       mode: number;
       size: number;
-      ino: number;
+      ino: bigint;
       /** Device numbers, for character and block devices only (a whiteout is a character device 0/0). */
       rdevMajor?: number;
       rdevMinor?: number;
@@ -130,44 +159,76 @@ export type NativeDirScan =
   | { entries: Array<NativeEntry & { name: string }>; errno?: undefined }
   | { errno: number; syscall: string; entries?: undefined };
 
-export interface NativeAddon {
-  /** The whole file as text, opened, read and closed in one trip (a proc file takes many read() calls). */
-  readText(path: string): Promise<string>;
-  /** lstat(2) of each path plus its xattrs named `prefix*`, in one trip to the thread pool. */
-  lstatXattrs(paths: string[], prefix: string): Promise<NativeEntry[]>;
-  /** Every entry of each directory with lstat(2) facts and xattrs named `prefix*`, in one trip. */
-  scanDirs(dirs: string[], prefix: string): Promise<NativeDirScan[]>;
+/** A directory below a layer's root fd: `dir` is "" for the root, else "a/b" (no leading slash). */
+export type LayerDir = [rootFd: number, dir: PathArg];
+/** A name in such a directory. */
+export type LayerName = [rootFd: number, dir: PathArg, name: PathArg];
 
-  MountWatcher: new (path: string) => NativeMountWatcher;
-  /** mount(2). `data` null passes no data page. */
-  mount(source: string, target: string, fstype: string, flags: number, data: string | null): Promise<void>;
-  /** umount2(2). */
-  umount(target: string, flags: number): Promise<void>;
+/** The calls that have a `*Sync` twin, each as (arguments) => result. */
+export interface NativeCalls {
   /**
-   * fsopen(fstype), then each fsconfig() step in order, then FSCONFIG_CMD_CREATE, fsmount(attrFlags) and
-   * move_mount() onto `target`. With `target` null it stops after the steps and drops the context (a probe).
-   * A `describeSizeHint` > 0 also runs statmount() on the new mount in the same trip.
+   * Opens each path once (O_PATH|O_DIRECTORY|O_CLOEXEC, resolved as the kernel resolves any path) and reads its
+   * facts from the fd; the directories at the indexes in `list` are listed through their fd; each probe is a
+   * name below an opened path (openat2 RESOLVE_BENEATH, no symlinks); `table` is a file read whole.
+   */
+  openPaths(paths: PathArg[], list?: number[], probes?: [index: number, rel: PathArg][], table?: string | null): OpenPathsResult;
+  /**
+   * fsopen(fstype), each fsconfig() step in order, FSCONFIG_CMD_CREATE, fsmount(attrFlags), then (after the
+   * `verify` checks, while still detached) move_mount() onto the directory `targetFd` holds. With `targetFd`
+   * null it stops after the steps and drops the context (a probe). A `describeSizeHint` > 0 also runs
+   * statmount() on the new mount.
    */
   fsMount(
     fstype: string,
     steps: FsConfigStep[],
     attrFlags: number,
-    target: string | null,
+    targetFd: number | null,
     describeSizeHint?: number,
-  ): Promise<FsMountResult>;
+    verify?: LayerCheck[],
+  ): FsMountResult;
+  /**
+   * mount(2) onto the directory `targetFd` holds; then the new mount is found through `targetPath` and each
+   * `verify` path checked (the mount is detached again on a mismatch). `data` null passes no data page.
+   */
+  mount(
+    source: string,
+    targetFd: number,
+    targetPath: PathArg,
+    fstype: string,
+    flags: number,
+    data: string | null,
+    verify?: LayerCheck[],
+  ): { mountId: number; unique: boolean; messages: string[]; warnings: string[] };
+  /** umount2(2) of a path. */
+  umount(target: PathArg, flags: number): void;
+  /**
+   * Unmounts the mount on `name` in directory `parent` only if it is the mount `mountId`: the directory is
+   * opened once, the mount on the name checked, and that name in that directory unmounted. ESTALE (with
+   * `foundMountId`) when another mount, or none, is there.
+   */
+  umountAt(parent: PathArg, name: PathArg, mountId: number, flags: number): void;
   /**
    * statx(2) of a path's mount id (follows the path into whatever is mounted there): the unique 64-bit id
    * when `unique` and the kernel has it, else the reusable id mountinfo shows.
    */
-  mountId(path: string, unique: boolean): Promise<MountIdResult>;
-  /**
-   * realpath(3) then statx(2) of each path, in one trip to the thread pool; the directories at the indexes in
-   * `list` are also read (entry count and first names).
-   */
-  inspectPaths(paths: string[], list?: number[]): Promise<PathFacts[]>;
+  mountId(path: PathArg, unique: boolean): MountIdResult;
   /** statmount(2) of one mount by its unique id; `sizeHint` guesses the bytes its strings need. */
-  statMount(uniqueMountId: number, sizeHint?: number): Promise<StatMountResult>;
+  statMount(uniqueMountId: number, sizeHint?: number): StatMountResult;
+  /** The whole file as text, opened, read and closed in one trip (a proc file takes many read() calls). */
+  readText(path: PathArg): string;
+  /** lstat facts of each name in a directory below a layer root, plus its xattrs named `prefix*`. */
+  lstatXattrs(items: LayerName[], prefix: string): NativeEntry[];
+  /** Every entry of each directory below a layer root, with lstat facts and xattrs named `prefix*`. */
+  scanDirs(dirs: LayerDir[], prefix: string): NativeDirScan[];
 }
+
+type Async<T> = { [K in keyof T]: T[K] extends (...a: infer A) => infer R ? (...a: A) => Promise<R> : never };
+type Sync<T> = { [K in keyof T & string as `${K}Sync`]: T[K] };
+
+export type NativeAddon = Async<NativeCalls> &
+  Sync<NativeCalls> & {
+    MountWatcher: new (path: PathArg) => NativeMountWatcher;
+  };
 
 /** Where the loader looks for ovl.node, relative to this module (src/ or dist/). */
 export function addonCandidates(moduleDir: string): string[] {
@@ -201,4 +262,54 @@ export function native(): NativeAddon {
   err.code = "ERR_OVL_NATIVE_MISSING";
   err.tried = candidates;
   throw err;
+}
+
+/** One native call a plan asks for: its name and arguments. */
+export type NativeRequest = { [K in keyof NativeCalls]: { call: K; args: Parameters<NativeCalls[K]> } }[keyof NativeCalls];
+
+/**
+ * A sequence of native calls written once for both forms: a generator that yields each call it needs and is
+ * resumed with the result (or has the failure thrown into it). `runAsync` runs the calls on the thread pool,
+ * `runSync` runs the `*Sync` twins; the logic in between is the same code.
+ */
+export type Plan<T> = Generator<NativeRequest, T, unknown>;
+
+/** Asks the plan's runner for one native call: `const r = yield* nativeCall("openPaths", ...)`. */
+export function* nativeCall<K extends keyof NativeCalls>(
+  call: K,
+  ...args: Parameters<NativeCalls[K]>
+): Generator<NativeRequest, ReturnType<NativeCalls[K]>, unknown> {
+  return (yield { call, args } as NativeRequest) as ReturnType<NativeCalls[K]>;
+}
+
+export async function runAsync<T>(plan: Plan<T>): Promise<T> {
+  const n = native() as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+  let step = plan.next();
+  while (!step.done) {
+    let result: unknown;
+    let failure: { error: unknown } | undefined;
+    try {
+      result = await n[step.value.call]!(...step.value.args);
+    } catch (e) {
+      failure = { error: e };
+    }
+    step = failure ? plan.throw(failure.error) : plan.next(result);
+  }
+  return step.value;
+}
+
+export function runSync<T>(plan: Plan<T>): T {
+  const n = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
+  let step = plan.next();
+  while (!step.done) {
+    let result: unknown;
+    let failure: { error: unknown } | undefined;
+    try {
+      result = n[`${step.value.call}Sync`]!(...step.value.args);
+    } catch (e) {
+      failure = { error: e };
+    }
+    step = failure ? plan.throw(failure.error) : plan.next(result);
+  }
+  return step.value;
 }

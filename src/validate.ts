@@ -2,10 +2,11 @@
  * Argument checking and the rules the kernel would enforce, checked before any mount syscall runs, so a bad
  * spec fails with the offending path named and nothing mounted.
  */
-import { resolve } from "node:path";
 import { OverlayError, describeErrno, invalidArgType, invalidArgValue } from "./errors.js";
 import { type MountFlags, checkMountFlags } from "./flags.js";
-import { native, type PathFacts } from "./native.js";
+import { parseMountInfo } from "./mountinfo.js";
+import type { FdFacts, OpenPathsResult, ProbeFacts } from "./native.js";
+import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
 import type { OverlayOptions } from "./types.js";
 
 /** How the overlay is handed to the kernel; `auto` picks the best the kernel has. */
@@ -33,8 +34,8 @@ export interface MountSpec {
   strategy?: MountStrategy;
 }
 
-/** A spec that passed every check: absolute, resolved paths and clean option sets. */
-export interface CheckedSpec {
+/** A spec whose shape passed: paths as given (resolved by the kernel, once, when opened) and clean option sets. */
+export interface ShapedSpec {
   lower: string[];
   data: string[];
   upper?: string;
@@ -45,6 +46,30 @@ export interface CheckedSpec {
   source: string;
   strategy: MountStrategy;
 }
+
+/** One path of a spec, opened once: the fd everything is done through, and the facts read from it. */
+export interface OpenedRole {
+  /** How messages name it: "lower layer 2", "upper layer", "target", ... */
+  label: string;
+  /** As given. */
+  path: string;
+  /** The path the kernel holds for the fd. */
+  real: string;
+  fd: number;
+  facts: FdFacts;
+}
+
+/** A spec that passed every check, each path open: what is mounted is what was checked. */
+export interface CheckedSpec extends ShapedSpec {
+  lowerDirs: OpenedRole[];
+  dataDirs: OpenedRole[];
+  upperDir?: OpenedRole;
+  workDir?: OpenedRole;
+  targetDir: OpenedRole;
+}
+
+/** The kernel's limit on layers (lower + data-only) in one overlay. */
+export const MAX_LAYERS = 500;
 
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -61,10 +86,20 @@ export function checkPathArg(value: unknown, name: string): string {
 function checkPathList(value: unknown, name: string): string[] {
   if (typeof value === "string") return [checkPathArg(value, `${name}[0]`)];
   if (!Array.isArray(value)) throw invalidArgType(name, "of type string or an array of strings", value);
-  return value.map((v, i) => checkPathArg(v, `${name}[${i}]`));
+  // More than the kernel takes is refused before anything is opened (or even read: a sparse array of a
+  // million holes costs nothing here).
+  if (value.length > MAX_LAYERS) {
+    throw invalidArgValue(name, `<${value.length} entries>`, `has ${value.length} entries; the kernel takes at most ${MAX_LAYERS} layers`);
+  }
+  const out: string[] = [];
+  for (let i = 0; i < value.length; i++) {
+    if (!(i in value)) throw invalidArgValue(`${name}[${i}]`, undefined, "is a hole in a sparse array; every layer must be a path");
+    out.push(checkPathArg(value[i], `${name}[${i}]`));
+  }
+  return out;
 }
 
-const optionValues: { [K in keyof OverlayOptions]-?: readonly (string | boolean)[] } = {
+const optionValues: { readonly [K in keyof OverlayOptions]-?: readonly (string | boolean)[] } = {
   redirectDir: ["on", "follow", "nofollow", "off"],
   index: [true, false],
   nfsExport: [true, false],
@@ -85,7 +120,8 @@ export function checkOverlayOptions(value: unknown, name = "spec.options"): Over
   }
   const out: Record<string, unknown> = {};
   for (const [key, v] of Object.entries(value)) {
-    const allowed = optionValues[key as keyof OverlayOptions];
+    // Own keys only: `constructor`, `__proto__` (from JSON.parse) and the like are not options.
+    const allowed = Object.hasOwn(optionValues, key) ? optionValues[key as keyof OverlayOptions] : undefined;
     if (!allowed) {
       throw invalidArgValue(
         `${name}.${key}`,
@@ -116,7 +152,7 @@ export function checkOverlayOptions(value: unknown, name = "spec.options"): Over
 }
 
 /** Type and shape checks that need no I/O. */
-export function checkSpecShape(spec: unknown): CheckedSpec {
+export function checkSpecShape(spec: unknown): ShapedSpec {
   if (typeof spec !== "object" || spec === null || Array.isArray(spec)) {
     throw invalidArgType("spec", "of type object", spec);
   }
@@ -137,35 +173,35 @@ export function checkSpecShape(spec: unknown): CheckedSpec {
   if (!["auto", "fd", "string", "legacy"].includes(strategy as string)) {
     throw invalidArgValue("spec.strategy", strategy, `must be one of "auto", "fd", "string", "legacy"`);
   }
-
-  const abs = (p: string) => resolve(p);
-  const targetAbs = abs(target);
   const fail = (code: string, detail: string, path?: string, hint?: string) =>
     new OverlayError(code, detail, {
       syscall: "mount",
       ...(path !== undefined ? { path } : {}),
-      dest: targetAbs,
+      dest: target,
       ...(hint ? { hint } : {}),
     });
   if (lower.length === 0) throw fail("EINVAL", "at least one lower layer is required");
+  if (lower.length + data.length > MAX_LAYERS) {
+    throw fail("EINVAL", `${lower.length} lower and ${data.length} data layers are more than the kernel's ${MAX_LAYERS}`);
+  }
   if ((upper === undefined) !== (work === undefined)) {
     throw upper === undefined
-      ? fail("EINVAL", `work directory '${abs(work!)}' given without an upper layer; pass both or neither`, abs(work!))
-      : fail("EINVAL", `upper layer '${abs(upper)}' given without a work directory; pass both or neither`, abs(upper));
+      ? fail("EINVAL", `work directory '${work}' given without an upper layer; pass both or neither`, work)
+      : fail("EINVAL", `upper layer '${upper}' given without a work directory; pass both or neither`, upper);
   }
   if (upper === undefined && lower.length < 2) {
     throw fail(
       "EINVAL",
-      `a read-only overlay (no upper layer) needs at least two lower layers, got one: '${abs(lower[0]!)}'`,
-      abs(lower[0]!),
+      `a read-only overlay (no upper layer) needs at least two lower layers, got one: '${lower[0]}'`,
+      lower[0],
       "add an upper and a work directory, or a second lower layer",
     );
   }
   return {
-    lower: lower.map(abs),
-    data: data.map(abs),
-    ...(upper !== undefined ? { upper: abs(upper), work: abs(work!) } : {}),
-    target: targetAbs,
+    lower,
+    data,
+    ...(upper !== undefined ? { upper, work: work! } : {}),
+    target,
     options,
     flags,
     source,
@@ -173,142 +209,196 @@ export function checkSpecShape(spec: unknown): CheckedSpec {
   };
 }
 
-type FoundPath = Extract<PathFacts, { realpath: string }>;
-
-interface Role {
-  /** How the message names it: "lower layer", "upper layer", ... */
-  label: string;
-  path: string;
-  facts: FoundPath;
+/** What the one trip that opens a spec's paths is asked for. */
+export interface OpenRequest {
+  roles: { label: string; path: string }[];
+  paths: string[];
+  /** Indexes of directories to list through their fd (the work directory). */
+  list: number[];
+  /** Names looked up beneath the work directory's fd: its leftover `work/`, and a volatile mount's marker. */
+  probes: [number, string][];
+  /** The mount table, read in the same trip, to find overlays already using the upper or work directory. */
+  table: string | null;
 }
 
-/** Filesystem checks: every path exists and is a directory; no layer repeats or nests; upper and work fit. */
-export async function checkSpecPaths(spec: CheckedSpec): Promise<CheckedSpec> {
-  const roles: { label: string; path: string }[] = [
+export function openRequest(spec: ShapedSpec): OpenRequest {
+  const roles = [
     ...spec.lower.map((path, i) => ({ label: spec.lower.length > 1 ? `lower layer ${i + 1}` : "lower layer", path })),
     ...spec.data.map((path, i) => ({ label: `data layer ${i + 1}`, path })),
     ...(spec.upper !== undefined ? [{ label: "upper layer", path: spec.upper }] : []),
     ...(spec.work !== undefined ? [{ label: "work directory", path: spec.work }] : []),
     { label: "target", path: spec.target },
   ];
-  const extra = spec.work !== undefined ? [`${spec.work}/work`, `${spec.work}/work/incompat/volatile/dirty`] : [];
-  // One trip: every path, plus the work directory's entries and those of a leftover `work/work`.
-  const workIndex = roles.findIndex((r) => r.label === "work directory");
-  const listed = workIndex < 0 ? [] : [workIndex, roles.length];
-  const facts = await native().inspectPaths([...roles.map((r) => r.path), ...extra], listed);
-  const fail = (code: string, detail: string, path: string, hint?: string) =>
-    new OverlayError(code, detail, { syscall: "mount", path, dest: spec.target, ...(hint ? { hint } : {}) });
+  const work = spec.work !== undefined ? roles.length - 2 : -1;
+  return {
+    roles,
+    paths: roles.map((r) => r.path),
+    list: work < 0 ? [] : [work],
+    probes: work < 0 ? [] : [[work, "work"], [work, "work/incompat/volatile/dirty"]],
+    table: work < 0 ? null : "/proc/self/mountinfo",
+  };
+}
 
-  const checked: Role[] = roles.map((r, i) => {
-    const f = facts[i]!;
-    if (f.errno !== undefined) {
-      const { code, description } = describeErrno(f.errno);
+type Fail = (code: string, detail: string, path: string, hint?: string) => OverlayError;
+
+/**
+ * Every rule the kernel would apply, checked on the facts read from the fds the paths were opened into
+ * (never on a path string resolved again), naming the path that broke it.
+ */
+export function checkOpened(spec: ShapedSpec, req: OpenRequest, opened: OpenPathsResult): CheckedSpec {
+  const fail: Fail = (code, detail, path, hint) =>
+    new OverlayError(code, detail, { syscall: "mount", path, dest: spec.target, ...(hint ? { hint } : {}) });
+  const roles: OpenedRole[] = req.roles.map((r, i) => {
+    const p = opened.paths[i]!;
+    if (p.errno !== undefined) {
+      const { code, description } = describeErrno(p.errno);
       const what =
-        code === "ENOENT" ? "does not exist" : code === "ENOTDIR" ? "has a path component that is not a directory" : description;
+        code === "ENOENT"
+          ? "does not exist"
+          : code === "ENOTDIR"
+            ? p.notDirectory
+              ? "is not a directory"
+              : "has a path component that is not a directory"
+            : description;
       const hint =
         code === "ENOENT" && r.label.startsWith("lower") && r.path.includes(":")
           ? "each entry of `lower` is one directory; pass an array to give several layers"
           : undefined;
       throw fail(code, `${r.label} '${r.path}' ${what}`, r.path, hint);
     }
-    if (!isDir(f.mode)) throw fail("ENOTDIR", `${r.label} '${r.path}' is not a directory`, r.path);
-    return { ...r, facts: f };
+    if (!isDir(p.mode)) throw fail("ENOTDIR", `${r.label} '${r.path}' is not a directory`, r.path);
+    return { ...r, real: p.realpath.toString(), fd: p.fd, facts: p };
   });
-
-  // The kernel's rules, as it applies them to resolved paths (symlinks followed).
-  const layers = checked.filter((r) => r.label !== "target");
-  const inside = (a: string, b: string) => a !== b && a.startsWith(b === "/" ? "/" : `${b}/`);
-  const upper = layers.find((r) => r.label === "upper layer");
-  const work = layers.find((r) => r.label === "work directory");
-  if (upper && work) {
-    const u = upper.facts.realpath;
-    const w = work.facts.realpath;
-    if (u === w) throw fail("EINVAL", `upper layer and work directory are the same directory '${u}'`, w);
-    if (inside(w, u)) throw fail("EINVAL", `work directory '${w}' is inside upper layer '${u}'; they must be separate`, w);
-    if (inside(u, w)) throw fail("EINVAL", `upper layer '${u}' is inside work directory '${w}'; they must be separate`, u);
-  }
-  // A layer repeats or nests: index the resolved paths, then walk up from each one (O(layers x depth), not
-  // every pair: 500 layers are 125,000 pairs). Upper and work are already known to be apart.
-  const hint = "a layer repeats, or one layer lies inside another (or inside upper/work)";
-  const byPath = new Map<string, Role>();
-  for (const r of layers) {
-    const p = r.facts.realpath;
-    const first = byPath.get(p);
-    if (first) {
-      throw fail("ELOOP", `${r.label} '${r.path}' is the same directory as ${first.label} '${first.path}' ('${p}')`, r.path, hint);
-    }
-    byPath.set(p, r);
-  }
-  for (const r of layers) {
-    const p = r.facts.realpath;
-    for (let cut = p.lastIndexOf("/"); cut >= 0; cut = p.lastIndexOf("/", cut - 1)) {
-      const ancestor = byPath.get(cut === 0 ? "/" : p.slice(0, cut));
-      if (ancestor) {
-        throw fail("ELOOP", `${r.label} '${p}' is inside ${ancestor.label} '${ancestor.facts.realpath}'`, r.path, hint);
-      }
-      if (cut === 0) break;
-    }
-  }
+  const nl = spec.lower.length;
+  const nd = spec.data.length;
+  const checked: CheckedSpec = {
+    ...spec,
+    lowerDirs: roles.slice(0, nl),
+    dataDirs: roles.slice(nl, nl + nd),
+    ...(spec.upper !== undefined ? { upperDir: roles[nl + nd]!, workDir: roles[nl + nd + 1]! } : {}),
+    targetDir: roles[roles.length - 1]!,
+  };
+  checkLayersApart(checked, fail);
+  const { upperDir: upper, workDir: work } = checked;
   if (upper && work) {
     if (upper.facts.mountId !== work.facts.mountId) {
       throw fail(
         "EXDEV",
-        `upper layer '${upper.facts.realpath}' and work directory '${work.facts.realpath}' are on different mounts; ` +
+        `upper layer '${upper.real}' and work directory '${work.real}' are on different mounts; ` +
           "overlay needs them on the same mount (not only the same filesystem)",
         work.path,
         "put the work directory beside the upper layer, e.g. both under one directory",
       );
     }
-    checkWorkdirEmpty(work.facts.realpath, work.facts, facts[roles.length], fail);
-    const dirty = facts[roles.length + 1];
-    if (dirty && dirty.errno === undefined) {
+    checkWorkdirEmpty(work, opened.probes[0]!, fail);
+    if (opened.probes[1]!.errno === undefined) {
       throw fail(
         "EINVAL",
-        `work directory '${work.path}' holds the marker of a volatile mount ('${dirty.realpath}'); the kernel refuses ` +
-          "to mount it again because the upper layer may have lost writes",
+        `work directory '${work.path}' holds the marker of a volatile mount ('${work.real}/work/incompat/volatile/dirty'); ` +
+          "the kernel refuses to mount it again because the upper layer may have lost writes",
         work.path,
-        `if the upper layer is known to be good, remove '${dirty.realpath.replace(/\/dirty$/, "")}'; otherwise start from a new upper and work directory`,
+        `if the upper layer is known to be good, remove '${work.real}/work/incompat/volatile'; otherwise start from a new upper and work directory`,
       );
     }
+    if (opened.table !== undefined) checkNotInUse(upper, work, opened.table, fail);
   }
-  return spec;
+  return checked;
 }
 
-function checkWorkdirEmpty(
-  work: string,
-  workFacts: FoundPath,
-  workWorkFacts: PathFacts | undefined,
-  fail: (code: string, detail: string, path: string, hint?: string) => OverlayError,
-): void {
-  if (workFacts.listErrno !== undefined) {
-    const { code, description } = describeErrno(workFacts.listErrno);
-    throw fail(code, `work directory '${work}' cannot be read: ${description}`, work);
+const identity = (f: FdFacts) => `${f.devMajor}:${f.devMinor}:${f.ino}`;
+const inside = (a: string, b: string) => a !== b && a.startsWith(b === "/" ? "/" : `${b}/`);
+
+/** No layer repeats (the same inode) or lies inside another; upper and work are apart. */
+function checkLayersApart(spec: CheckedSpec, fail: Fail): void {
+  const { upperDir: upper, workDir: work } = spec;
+  if (upper && work) {
+    const u = upper.real;
+    const w = work.real;
+    if (identity(upper.facts) === identity(work.facts)) {
+      throw fail("EINVAL", `upper layer and work directory are the same directory '${u}'`, work.path);
+    }
+    if (inside(w, u)) throw fail("EINVAL", `work directory '${w}' is inside upper layer '${u}'; they must be separate`, work.path);
+    if (inside(u, w)) throw fail("EINVAL", `upper layer '${u}' is inside work directory '${w}'; they must be separate`, upper.path);
   }
-  const entries = workFacts.entries ?? [];
-  if (!workFacts.entryCount) return;
+  // A layer repeats or nests: index the layers by inode and by resolved path, then walk up from each one
+  // (O(layers x depth), not every pair: 500 layers are 125,000 pairs). Upper and work are already apart.
+  const layers = [...spec.lowerDirs, ...spec.dataDirs, ...(upper && work ? [upper, work] : [])];
+  const hint = "a layer repeats, or one layer lies inside another (or inside upper/work)";
+  const byInode = new Map<string, OpenedRole>();
+  const byPath = new Map<string, OpenedRole>();
+  for (const r of layers) {
+    const first = byInode.get(identity(r.facts));
+    if (first) {
+      throw fail("ELOOP", `${r.label} '${r.path}' is the same directory as ${first.label} '${first.path}' ('${r.real}')`, r.path, hint);
+    }
+    byInode.set(identity(r.facts), r);
+    byPath.set(r.real, r);
+  }
+  for (const r of layers) {
+    const p = r.real;
+    if (p === "/") continue; // nothing lies above the root
+    for (let cut = p.lastIndexOf("/"); cut >= 0; cut = p.lastIndexOf("/", cut - 1)) {
+      const ancestor = byPath.get(cut === 0 ? "/" : p.slice(0, cut));
+      if (ancestor && ancestor !== r) {
+        throw fail("ELOOP", `${r.label} '${p}' is inside ${ancestor.label} '${ancestor.real}'`, r.path, hint);
+      }
+      if (cut === 0) break;
+    }
+  }
+}
+
+function checkWorkdirEmpty(work: OpenedRole, workWork: ProbeFacts, fail: Fail): void {
+  const f = work.facts;
+  if (f.listErrno !== undefined) {
+    const { code, description } = describeErrno(f.listErrno);
+    throw fail(code, `work directory '${work.real}' cannot be read: ${description}`, work.path);
+  }
+  if (!f.entryCount) return;
+  const entries = (f.entries ?? []).map((n) => n.toString());
   // Overlay's own leftovers: `index/`, and `work/` as overlay leaves it (mode 000, or empty). A user's
   // directory named `work` with something in it is not a leftover: the kernel would wipe it.
   const workIsLeftover =
-    !!workWorkFacts &&
-    workWorkFacts.errno === undefined &&
-    isDir(workWorkFacts.mode) &&
-    ((workWorkFacts.mode & 0o7777) === 0 || workWorkFacts.entryCount === 0);
-  const leftovers = entries.filter((name) => name === "index" || (name === "work" && workIsLeftover)).length;
-  if (workFacts.entryCount > leftovers) {
-    const foreign = entries.filter((name) => !(name === "index" || (name === "work" && workIsLeftover)));
-    const more = workFacts.entryCount - leftovers - foreign.slice(0, 3).length;
+    workWork.errno === undefined && isDir(workWork.mode) && ((workWork.mode & 0o7777) === 0 || workWork.entryCount === 0);
+  const isLeftover = (name: string) => name === "index" || (name === "work" && workIsLeftover);
+  const leftovers = entries.filter(isLeftover).length;
+  if (f.entryCount > leftovers) {
+    const foreign = entries.filter((name) => !isLeftover(name));
+    const more = f.entryCount - leftovers - foreign.slice(0, 3).length;
     const shown = foreign.slice(0, 3).map((n) => `'${n}'`).join(", ") + (more > 0 ? `, and ${more} more` : "");
     throw fail(
       "ENOTEMPTY",
-      `work directory '${work}' is not empty (holds ${shown}); the kernel wipes '${work}/work' at mount, so ovl ` +
+      `work directory '${work.real}' is not empty (holds ${shown}); the kernel wipes '${work.real}/work' at mount, so ovl ` +
         "only accepts an empty work directory or one holding overlay's own leftovers (work/, index/)",
-      work,
+      work.path,
       "use a new empty directory on the same mount as the upper layer",
     );
   }
 }
 
-/** Checks a mount spec completely: shape first (no I/O), then the filesystem. */
-export async function checkSpec(spec: unknown): Promise<CheckedSpec> {
-  return checkSpecPaths(checkSpecShape(spec));
+/**
+ * An upper or work directory that a mounted overlay already uses: the kernel only warns ("in-use by another
+ * mount ... undefined behavior") unless index=on, and wipes the first mount's `work/work` either way.
+ */
+function checkNotInUse(upper: OpenedRole, work: OpenedRole, table: string, fail: Fail): void {
+  const ours = new Map([
+    [upper.real, upper],
+    [work.real, work],
+  ]);
+  for (const m of parseMountInfo(table, { fstype: "overlay" }).mounts) {
+    const o = toOverlayMount(m);
+    for (const [kind, theirs] of [["upper layer", o.upper], ["work directory", o.work]] as const) {
+      if (theirs === undefined) continue;
+      for (const reading of new Set([theirs, unescapeOverlayPath(theirs)])) {
+        const mine = ours.get(reading);
+        if (!mine) continue;
+        throw fail(
+          "EBUSY",
+          `${mine.label} '${mine.real}' is already the ${kind} of the overlay mounted at '${o.target}' (mount id ${o.id}); ` +
+            "a second overlay on it would wipe that mount's work directory and give undefined results",
+          mine.path,
+          `unmount '${o.target}' first, or give this overlay its own upper and work directories`,
+        );
+      }
+    }
+  }
 }

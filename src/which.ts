@@ -15,11 +15,15 @@ import { checkPathArg } from "./validate.js";
 import {
   LayerReader,
   checkXattrAccess,
+  childLoc,
   childPath,
+  closeLayerRoots,
+  openLayerRoots,
   overlayXattrPrefix,
   parseRedirect,
   type EntryType,
   type LayerEntry,
+  type Loc,
 } from "./xattr.js";
 
 export type LayerKind = "upper" | "lower" | "data";
@@ -54,12 +58,12 @@ interface LookupState {
   stoppedBy?: LowerLookup["stoppedBy"];
 }
 
-/** The lower (and data-only) layers of one overlay, read through a LayerReader. */
+/** The lower (and data-only) layers of one overlay, read through a LayerReader (indexes into its roots). */
 export class LowerLayers {
   constructor(
     readonly reader: LayerReader,
-    readonly lowers: string[],
-    readonly data: string[] = [],
+    readonly lowers: number[],
+    readonly data: number[] = [],
   ) {}
 
   /** The root of every lower layer, top first: the lower stack of the overlay's root directory. */
@@ -67,11 +71,9 @@ export class LowerLayers {
     return this.lowers.map((_, layer) => ({ layer, path: "" }));
   }
 
-  /** The absolute path of `path` inside lower layer `layer`. */
-  abs(layer: number, path: string): string {
-    const root = this.lowers[layer]!;
-    if (path === "") return root;
-    return root === "/" ? path : `${root}${path}`;
+  /** Where `path` inside lower layer `layer` is, for the reader. */
+  loc(layer: number, path: string): Loc {
+    return { root: this.lowers[layer]!, path };
   }
 
   /**
@@ -139,7 +141,7 @@ export class LowerLayers {
   ): Promise<LowerHit | null> {
     if (name === "." || name === "..") return null;
     const path = `${dir}/${name}`;
-    const entry = await this.reader.entry(childPath(this.abs(layer, dir), name));
+    const entry = await this.reader.entry(this.loc(layer, path));
     if (!entry) return null;
     const lastElement = after.length === 0;
     if (entry.whiteout) {
@@ -182,11 +184,11 @@ export class LowerLayers {
   async lookupData(name: { absolute: boolean; names: string[] }): Promise<{ layer: number; path: string } | undefined> {
     if (!name.absolute) return undefined;
     for (let layer = 0; layer < this.data.length; layer++) {
-      let dir = this.data[layer]!;
+      let dir: Loc = { root: this.data[layer]!, path: "" };
       for (let k = 0; k < name.names.length; k++) {
-        const entry = await this.reader.entry(childPath(dir, name.names[k]!));
+        dir = childLoc(dir, name.names[k]!);
+        const entry = await this.reader.entry(dir);
         if (!entry) break;
-        dir = childPath(dir, name.names[k]!);
         const lastName = k === name.names.length - 1;
         if (lastName && entry.type === "file" && !entry.metacopy) return { layer, path: `/${name.names.join("/")}` };
         if (entry.type !== "directory") break;
@@ -322,7 +324,20 @@ export async function which(path: string): Promise<WhichResult> {
   const m = await overlayServing(dir, abs);
   const rel = posix.relative(m.target, real);
   const overlayPath = rel === "" ? m.root : posix.join(m.root, rel);
-  const result = await lookupPath(m, overlayPath, abs);
+  let result: WhichResult;
+  try {
+    result = await lookupPath(m, overlayPath, abs);
+  } catch (e) {
+    // The overlay shows it, yet no layer holds it: a layer changed under the overlay (or its mount went away).
+    if (st && e instanceof OverlayError && e.code === "ENOENT") {
+      throw new OverlayError(
+        "EIO",
+        `the layers and the overlay disagree about '${overlayPath}' (the overlay shows a ${typeOfStats(st)}, but ${e.message.replace(/^ENOENT: /, "").replace(/, lstat '.*$/, "")}; was a layer changed or unmounted while mounted?)`,
+        { syscall: "lstat", path: abs },
+      );
+    }
+    throw e;
+  }
   // The kernel has the last word: never name a layer for something the overlay does not show.
   if (!st) throw enoent(abs, `'${overlayPath}' is not in the overlay`);
   if (typeOfStats(st) !== result.type) {
@@ -339,8 +354,31 @@ export async function which(path: string): Promise<WhichResult> {
 export async function lookupPath(m: OverlayMount, overlayPath: string, path: string): Promise<WhichResult> {
   const prefix = overlayXattrPrefix(m.features.userxattr);
   checkXattrAccess(prefix, m.upper ?? m.lower[0] ?? m.target);
-  const reader = new LayerReader(prefix);
-  const lowers = new LowerLayers(reader, m.lower, m.data);
+  // Every layer opened once; each is read beneath its fd, whatever its path names meanwhile.
+  const hasUpper = m.upper !== undefined;
+  const roots = await openLayerRoots([
+    ...(hasUpper ? [{ path: m.upper!, role: "the upper layer" }] : []),
+    ...m.lower.map((l, i) => ({ path: l, role: `lower layer ${i + 1}` })),
+    ...m.data.map((l, i) => ({ path: l, role: `data layer ${i + 1}` })),
+  ]).catch((e: OverlayError) => {
+    // A layer the overlay holds but this namespace no longer reaches (its own mount is gone, say).
+    throw new OverlayError("EIO", `the layers and the overlay disagree: ${e.message}`, { syscall: e.syscall, path, dest: m.target });
+  });
+  try {
+    const first = hasUpper ? 1 : 0;
+    const reader = new LayerReader(prefix, roots);
+    const lowers = new LowerLayers(
+      reader,
+      m.lower.map((_, i) => first + i),
+      m.data.map((_, i) => first + m.lower.length + i),
+    );
+    return await lookupIn(m, reader, lowers, overlayPath, path);
+  } finally {
+    closeLayerRoots(roots);
+  }
+}
+
+async function lookupIn(m: OverlayMount, reader: LayerReader, lowers: LowerLayers, overlayPath: string, path: string): Promise<WhichResult> {
   const base = { path, target: m.target, overlayPath };
   const lowerRef = (h: LowerDir) => ref("lower", m.lower[h.layer]!, h.layer + 1, h.path);
 
@@ -359,11 +397,9 @@ export async function lookupPath(m: OverlayMount, overlayPath: string, path: str
     const name = parts[k]!;
     const here = `${walked}/${name}`;
     const upperPath = upperDir !== undefined ? `${upperDir}/${name}` : undefined;
-    await reader.prefetch([
-      ...(upperPath !== undefined ? [childPath(m.upper!, upperPath.slice(1))] : []),
-      ...lowerDirs.map((dir) => childPath(lowers.abs(dir.layer, dir.path), name)),
-    ]);
-    const upper = upperPath !== undefined ? await reader.entry(childPath(m.upper!, upperPath.slice(1))) : null;
+    const upperLoc: Loc | undefined = upperPath !== undefined ? { root: 0, path: upperPath } : undefined;
+    await reader.prefetch([...(upperLoc ? [upperLoc] : []), ...lowerDirs.map((dir) => lowers.loc(dir.layer, `${dir.path}/${name}`))]);
+    const upper = upperLoc ? await reader.entry(upperLoc) : null;
     if (upper?.whiteout) throw enoent(path, `'${here}' was deleted (a whiteout in the upper layer ${m.upper})`);
 
     let lower: LowerLookup = { hits: [], name: { absolute: false, names: [name] } };

@@ -1,12 +1,13 @@
 /**
  * Reading overlay layers as the kernel sees them: each entry's type and the overlay xattrs that mark
  * whiteouts, opaque directories, redirects and metadata-only copies. Node has no xattr API; the addon's
- * `lstatXattrs`/`scanDirs` read them off the main thread, many paths per trip to the thread pool.
+ * `lstatXattrs`/`scanDirs` read them off the main thread, many paths per trip to the thread pool, each
+ * beneath the layer's root fd.
  */
+import { closeSync } from "node:fs";
 import { constants } from "node:os";
-import { dirname, basename } from "node:path";
 import { inUserNamespace } from "./userns.js";
-import { OverlayError, fromNative } from "./errors.js";
+import { OverlayError, describeErrno, fromNative } from "./errors.js";
 import { native, type NativeEntry, type NativeFailure } from "./native.js";
 
 /** Where overlay keeps its xattrs: `trusted.overlay.`, or `user.overlay.` on mounts with `userxattr`. */
@@ -105,73 +106,155 @@ export function childPath(dir: string, name: string): string {
   return dir.endsWith("/") ? `${dir}${name}` : `${dir}/${name}`;
 }
 
+/** A place in one of a reader's layers: the layer (index into its roots) and the path below it ("" = the root, else "/a/b"). */
+export interface Loc {
+  root: number;
+  path: string;
+}
+
+export const childLoc = (l: Loc, name: string): Loc => ({ root: l.root, path: `${l.path}/${name}` });
+const locKey = (l: Loc) => `${l.root}\0${l.path}`;
+const parentKey = (l: Loc) => `${l.root}\0${l.path.slice(0, l.path.lastIndexOf("/"))}`;
+const lastName = (l: Loc) => l.path.slice(l.path.lastIndexOf("/") + 1);
+
+/** A layer root, opened once: every read of the layer goes through this fd. */
+export interface LayerRoot {
+  /** The path the kernel holds for it, for messages and results. */
+  real: string;
+  fd: number;
+}
+
+/**
+ * Opens layer directories, once each (one trip for all), as the roots of a LayerReader. The caller closes
+ * them with `closeLayerRoots` when done.
+ */
+export async function openLayerRoots(paths: { path: string; role: string }[]): Promise<LayerRoot[]> {
+  const { paths: opened } = await native().openPaths(paths.map((p) => p.path));
+  const roots: LayerRoot[] = [];
+  let failure: OverlayError | undefined;
+  opened.forEach((o, i) => {
+    if (o.errno === undefined) roots.push({ real: o.realpath.toString(), fd: o.fd });
+    else if (!failure) {
+      const { path, role } = paths[i]!;
+      const { code, description } = describeErrno(o.errno);
+      failure =
+        code === "ENOENT" || code === "ENOTDIR"
+          ? new OverlayError(o.notDirectory ? "ENOTDIR" : code, `${role} ${o.notDirectory ? "is not a directory" : "does not exist"}`, { syscall: "open", path })
+          : new OverlayError(code, `${role} cannot be opened: ${description}`, { syscall: o.syscall, path });
+    }
+  });
+  if (failure) {
+    closeLayerRoots(roots);
+    throw failure;
+  }
+  return roots;
+}
+
+export function closeLayerRoots(roots: LayerRoot[]): void {
+  for (const r of roots) closeSync(r.fd);
+}
+
 /** Directories per native scan, and paths per native lookup: a huge level is several trips, run in parallel. */
 const SCAN_BATCH = 256;
 const LOOKUP_BATCH = 8192;
-const { ENOENT, ENOTDIR } = constants.errno;
+const { ENOENT, ENOTDIR, EXDEV, ELOOP } = constants.errno;
 
 /**
- * Reads entries of layer directories with a cache: whole directories are scanned in batches (one trip for
- * many directories), single paths are looked up in one trip per batch; answers come from the cache.
+ * Reads entries of layer directories beneath their root fds, with a cache: whole directories are scanned in
+ * batches (one trip for many directories), single names are looked up in one trip per batch; answers come
+ * from the cache. Nothing outside a root is ever read: the addon opens every directory with openat2
+ * RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS from the root's fd, whatever is renamed or swapped meanwhile.
  */
 export class LayerReader {
   private readonly dirs = new Map<string, Map<string, LayerEntry>>();
   private readonly paths = new Map<string, LayerEntry | null>();
 
-  constructor(readonly prefix: OverlayXattrPrefix) {}
+  constructor(
+    readonly prefix: OverlayXattrPrefix,
+    readonly roots: LayerRoot[],
+  ) {}
+
+  /** The path of a place, for messages and results: its root's path plus the path below it. */
+  display(l: Loc): string {
+    const root = this.roots[l.root]!.real;
+    if (l.path === "") return root;
+    return root === "/" ? l.path : `${root}${l.path}`;
+  }
+
+  private dirArg(l: Loc): [number, string] {
+    return [this.roots[l.root]!.fd, l.path.slice(1)];
+  }
 
   /** Scans directories not yet cached; a directory that cannot be read is an error naming it. */
-  async scan(dirs: string[]): Promise<void> {
-    const wanted = [...new Set(dirs)].filter((d) => !this.dirs.has(d));
-    const batches: string[][] = [];
+  async scan(dirs: Loc[]): Promise<void> {
+    const seen = new Set<string>();
+    const wanted = dirs.filter((d) => {
+      const k = locKey(d);
+      if (this.dirs.has(k) || seen.has(k)) return false;
+      seen.add(k);
+      return true;
+    });
+    const batches: Loc[][] = [];
     for (let i = 0; i < wanted.length; i += SCAN_BATCH) batches.push(wanted.slice(i, i + SCAN_BATCH));
     await Promise.all(
       batches.map(async (batch) => {
-        const results = await native().scanDirs(batch, this.prefix);
+        const results = await native().scanDirs(batch.map((d) => this.dirArg(d)), this.prefix);
         results.forEach((r, i) => {
           const dir = batch[i]!;
-          if (r.errno !== undefined) {
-            throw fromNative({ errno: r.errno, syscall: r.syscall, messages: [] }, { path: dir, what: "reading a layer directory" });
-          }
+          if (r.errno !== undefined) throw this.walkError(r, dir, "reading a layer directory");
           const entries = new Map<string, LayerEntry>();
-          for (const e of r.entries) entries.set(e.name, this.interpret(e, childPath(dir, e.name)));
-          this.dirs.set(dir, entries);
+          for (const e of r.entries) entries.set(e.name, this.interpret(e, childLoc(dir, e.name)));
+          this.dirs.set(locKey(dir), entries);
         });
       }),
     );
   }
 
   /** The entries of a scanned directory. */
-  entries(dir: string): Map<string, LayerEntry> {
-    const entries = this.dirs.get(dir);
-    if (!entries) throw new Error(`ovl internal: directory not scanned: ${dir}`);
+  entries(dir: Loc): Map<string, LayerEntry> {
+    const entries = this.dirs.get(locKey(dir));
+    if (!entries) throw new Error(`ovl internal: directory not scanned: ${this.display(dir)}`);
     return entries;
   }
 
-  /** Looks up paths not yet known: one trip for up to LOOKUP_BATCH of them. */
-  async prefetch(paths: string[]): Promise<void> {
-    const wanted = [...new Set(paths)].filter((p) => this.known(p) === undefined);
-    const batches: string[][] = [];
+  /** Looks up places not yet known: one trip for up to LOOKUP_BATCH of them. */
+  async prefetch(places: Loc[]): Promise<void> {
+    const seen = new Set<string>();
+    const wanted = places.filter((p) => {
+      const k = locKey(p);
+      if (p.path === "" || seen.has(k) || this.known(p) !== undefined) return false;
+      seen.add(k);
+      return true;
+    });
+    // Names of one directory side by side: the addon opens each directory once for a run of its names.
+    wanted.sort((a, b) => (parentKey(a) < parentKey(b) ? -1 : parentKey(a) > parentKey(b) ? 1 : 0));
+    const batches: Loc[][] = [];
     for (let i = 0; i < wanted.length; i += LOOKUP_BATCH) batches.push(wanted.slice(i, i + LOOKUP_BATCH));
     await Promise.all(
       batches.map(async (batch) => {
-        const results = await native().lstatXattrs(batch, this.prefix);
+        const items = batch.map((p) => {
+          const [fd, dir] = this.dirArg({ root: p.root, path: p.path.slice(0, p.path.lastIndexOf("/")) });
+          return [fd, dir, lastName(p)] as [number, string, string];
+        });
+        const results = await native().lstatXattrs(items, this.prefix);
         results.forEach((r, k) => {
-          const path = batch[k]!;
-          if (r.errno === undefined) this.paths.set(path, this.interpret(r, path));
-          else if (r.errno === ENOENT || r.errno === ENOTDIR) this.paths.set(path, null);
-          else throw fromNative({ errno: r.errno, syscall: r.syscall, messages: [] }, { path, what: "reading a layer" });
+          const place = batch[k]!;
+          if (r.errno === undefined) this.paths.set(locKey(place), this.interpret(r, place));
+          // Not there, or its directory is not one a layer walk may enter (a symlink, a mount): not in the layer.
+          else if (r.errno === ENOENT || r.errno === ENOTDIR || (r.syscall === "openat2" && (r.errno === ELOOP || r.errno === EXDEV))) {
+            this.paths.set(locKey(place), null);
+          } else throw this.walkError(r, place, "reading a layer");
         });
       }),
     );
   }
 
-  /** The entry at `path` (a name inside a directory known to be real), or null when there is none. */
-  async entry(path: string): Promise<LayerEntry | null> {
-    const hit = this.known(path);
+  /** The entry at a place (a name inside a directory known to be real), or null when there is none. */
+  async entry(place: Loc): Promise<LayerEntry | null> {
+    const hit = this.known(place);
     if (hit !== undefined) return hit;
-    await this.prefetch([path]);
-    return this.known(path) ?? null;
+    await this.prefetch([place]);
+    return this.known(place) ?? null;
   }
 
   /** Forgets everything read (a walk drops each level once it is done). */
@@ -180,19 +263,35 @@ export class LayerReader {
     this.paths.clear();
   }
 
-  private known(path: string): LayerEntry | null | undefined {
-    const inDir = this.dirs.get(dirname(path));
-    if (inDir) return inDir.get(basename(path)) ?? null;
-    return this.paths.get(path);
+  private known(place: Loc): LayerEntry | null | undefined {
+    const inDir = this.dirs.get(parentKey(place));
+    if (inDir) return inDir.get(lastName(place)) ?? null;
+    return this.paths.get(locKey(place));
   }
 
-  private interpret(raw: NativeEntry, path: string): LayerEntry {
-    if (raw.errno !== undefined) {
-      throw fromNative({ errno: raw.errno, syscall: raw.syscall, messages: [] } as NativeFailure, { path, what: "reading a layer" });
+  private walkError(r: { errno: number; syscall: string }, place: Loc, what: string): OverlayError {
+    const path = this.display(place);
+    if (r.syscall === "openat2" && (r.errno === ELOOP || r.errno === EXDEV)) {
+      return new OverlayError(
+        describeErrno(r.errno).code,
+        `${what}: '${path}' is ${r.errno === ELOOP ? "a symlink" : "a mount point"} inside the layer, which overlay does not follow`,
+        { syscall: "openat2", path },
+      );
     }
-    if (raw.xattrErrno !== undefined) {
-      throw fromNative({ errno: raw.xattrErrno, syscall: raw.xattrSyscall ?? "llistxattr", messages: [] }, {
+    if (r.syscall === "openat2" && r.errno === ENOTDIR) {
+      return new OverlayError("ENOTDIR", `${what}: '${path}' is not a directory (was it replaced while being read?)`, {
+        syscall: "openat2",
         path,
+      });
+    }
+    return fromNative({ errno: r.errno, syscall: r.syscall, messages: [] }, { path, what });
+  }
+
+  private interpret(raw: NativeEntry, place: Loc): LayerEntry {
+    if (raw.errno !== undefined) throw this.walkError(raw, place, "reading a layer");
+    if (raw.xattrErrno !== undefined) {
+      throw fromNative({ errno: raw.xattrErrno, syscall: raw.xattrSyscall ?? "llistxattr", messages: [] } as NativeFailure, {
+        path: this.display(place),
         what: `reading ${this.prefix}* xattrs`,
       });
     }

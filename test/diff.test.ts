@@ -1,8 +1,10 @@
 import { execFileSync } from "node:child_process";
 import {
   appendFileSync,
+  closeSync,
   chmodSync,
   mkdirSync,
+  openSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -382,22 +384,38 @@ describe("the addon's xattr calls", () => {
       const call = addon[name] as (...args: unknown[]) => unknown;
       expect(() => call("not an array", "p")).toThrow(TypeError);
       expect(() => call([1], "p")).toThrow(TypeError);
-      expect(() => call(["a\0b"], "p")).toThrow(/NUL/);
+      expect(() => call(["/"], "p")).toThrow(TypeError);
+      expect(() => call([[3, "a\0b", "c"]], "p")).toThrow(/NUL/);
+      expect(() => call([[-1, "", "c"]], "p")).toThrow(RangeError);
       expect(() => call([], 5)).toThrow(TypeError);
       expect(() => call([])).toThrow(TypeError);
       expect(() => call(new Array(1e6), "p")).toThrow(RangeError);
     }
+    expect(() => addon.lstatXattrs([[3, "", "a/b"]], "p")).toThrow(/one path component/);
+    expect(() => addon.lstatXattrs([[3, "", ".."]], "p")).toThrow(/one path component/);
   });
 
-  it("report a missing path as data in the result, not as a failed batch", async () => {
+  it("report a missing path as data in the result, not as a failed batch; never leave the root they are given", async () => {
     const addon = native();
-    const file = s.file("f", "x");
-    const [missing, present] = await addon.lstatXattrs([s.path("nope"), file], "trusted.overlay.");
-    expect(missing).toEqual({ errno: 2, syscall: "lstat" });
-    expect(present).toMatchObject({ size: 1, xattrs: {} });
-    const [notDir, dir] = await addon.scanDirs([file, s.dir], "trusted.overlay.");
-    expect(notDir).toEqual({ errno: 20, syscall: "open" });
-    expect(dir!.entries!.map((e) => e.name)).toEqual(["f"]);
+    s.file("f", "x");
+    symlinkSync("/etc", s.path("out"));
+    const root = openSync(s.dir, "r");
+    try {
+      const [missing, present, viaLink, dotdot] = await addon.lstatXattrs(
+        [[root, "", "nope"], [root, "", "f"], [root, "out", "passwd"], [root, "..", "etc"]],
+        "trusted.overlay.",
+      );
+      expect(missing).toEqual({ errno: 2, syscall: "lstat" });
+      expect(present).toMatchObject({ size: 1, ino: expect.any(BigInt), xattrs: {} });
+      expect(viaLink).toEqual({ errno: 40, syscall: "openat2" }); // ELOOP: no symlink is followed
+      expect(dotdot).toEqual({ errno: 18, syscall: "openat2" }); // EXDEV: nothing above the root
+      const [notDir, dir, link] = await addon.scanDirs([[root, "f"], [root, ""], [root, "out"]], "trusted.overlay.");
+      expect(notDir).toEqual({ errno: 20, syscall: "openat2" });
+      expect(dir!.entries!.map((e) => e.name).sort()).toEqual(["f", "out"]);
+      expect(link).toEqual({ errno: 20, syscall: "openat2" }); // ENOTDIR: the symlink itself is no directory
+    } finally {
+      closeSync(root);
+    }
   });
 });
 

@@ -411,10 +411,11 @@ describe("parseMountInfo properties", () => {
     }
   });
 
-  it("does not throw on non-string input", () => {
-    expect(parseMountInfo(undefined as unknown as string)).toEqual({ mounts: [], issues: [] });
+  it("takes a string or bytes, and refuses anything else with ERR_INVALID_ARG_TYPE", () => {
     expect(parseMountInfo(new TextEncoder().encode("1 1 0:1 / / rw - a b rw\n") as unknown as string).mounts).toHaveLength(1);
-    expect(parseMountInfo(Object.create(null) as string)).toEqual({ mounts: [], issues: [] });
+    for (const bad of [undefined, null, 42, {}, Object.create(null), ["1 1 0:1 / / rw - a b rw"]]) {
+      expect(() => parseMountInfo(bad as unknown as string)).toThrow(expect.objectContaining({ code: "ERR_INVALID_ARG_TYPE" }));
+    }
   });
 
   const text = (maxLength = 12) =>

@@ -1,4 +1,5 @@
 import fc from "fast-check";
+import { closeSync } from "node:fs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { addonCandidates, native, type NativeAddon } from "../src/native.js";
 import { requirePrivateMountNamespace } from "./helpers.js";
@@ -35,8 +36,9 @@ describe("the native addon refuses bad arguments without crashing", () => {
     await fc.assert(
       fc.asyncProperty(notString, fc.anything(), fc.anything(), notNumber, async (bad, a, b, flags) => {
         calls++;
-        expect(await callSafely(() => (addon.mount as Function)(bad, a, b, 0, null))).toBe("threw");
-        expect(await callSafely(() => (addon.mount as Function)("none", "/nonexistent-ovl", "overlay", flags, null))).toBe("threw");
+        expect(await callSafely(() => (addon.mount as Function)(bad, 0, a, b, 0, null))).toBe("threw");
+        expect(await callSafely(() => (addon.mount as Function)("none", 0, "/nonexistent-ovl", "overlay", flags, null))).toBe("threw");
+        expect(await callSafely(() => (addon.mount as Function)("none", flags, "/nonexistent-ovl", "overlay", 0, null))).toBe("threw");
         expect(await callSafely(() => (addon.umount as Function)(bad, 0))).toBe("threw");
         expect(await callSafely(() => (addon.umount as Function)("/nonexistent-ovl", flags))).toBe("threw");
       }),
@@ -62,11 +64,23 @@ describe("the native addon refuses bad arguments without crashing", () => {
     expect(outcomes.settled).toBeGreaterThan(0);
   });
 
-  it("inspectPaths(), statMount(), mountId(), readText() and MountWatcher take any input", async () => {
+  it("openPaths(), umountAt(), statMount(), mountId(), readText() and MountWatcher take any input", async () => {
+    const closeOpened = (r: unknown) => {
+      for (const p of (r as { paths?: { fd?: number }[] } | undefined)?.paths ?? []) if (p.fd !== undefined) closeSync(p.fd);
+    };
     await fc.assert(
       fc.asyncProperty(fc.anything(), fc.anything(), async (x, y) => {
-        await callSafely(() => (addon.inspectPaths as Function)(x));
-        await callSafely(() => (addon.inspectPaths as Function)([x, "/", y]));
+        await callSafely(() => (addon.openPaths as Function)(x));
+        await callSafely(() => (addon.openPaths as Function)([x, "/", y]));
+        await callSafely(() => (addon.openPaths as Function)(["/", "/proc"], x, y));
+        await callSafely(() => (addon.openPaths as Function)(["/"], [0], [[0, x]], y));
+        try {
+          closeOpened((addon.openPathsSync as Function)(["/", "/proc"], [0], [[0, "proc"], [1, y]], x));
+        } catch (e) {
+          expect(e).toSatisfy((err: unknown) => err instanceof TypeError || err instanceof RangeError);
+        }
+        await callSafely(() => (addon.umountAt as Function)(x, y, 1, 0));
+        await callSafely(() => (addon.umountAt as Function)("/nonexistent-ovl", "x", x, y));
         await callSafely(() => (addon.statMount as Function)(x));
         await callSafely(() => (addon.mountId as Function)(x, y));
         await callSafely(() => (addon.readText as Function)(x));
@@ -80,7 +94,9 @@ describe("the native addon refuses bad arguments without crashing", () => {
       }),
       { numRuns: 300 },
     );
-    expect(await callSafely(() => addon.inspectPaths(new Array(1e7)))).toBe("threw");
+    expect(await callSafely(() => addon.openPaths(new Array(1e7)))).toBe("threw");
+    expect(await callSafely(() => addon.umountAt("/", "a/b", 1, 0))).toBe("threw");
+    expect(await callSafely(() => addon.umountAt("/", "..", 1, 0))).toBe("threw");
     expect(await callSafely(() => addon.statMount(2 ** 60))).toBe("threw");
     expect(await callSafely(() => addon.mountId("/a\0b", true))).toBe("threw");
   });
