@@ -427,6 +427,9 @@ class LegacyMountCall : public Call {
         verify_(std::move(verify)) {}
 
   bool Run() override {
+    // The kernel is about to resolve the layer strings itself: each must still name what was checked (the
+    // check after the mount catches a swap in the microseconds between this one and the kernel's lookup).
+    if (!CheckLayers()) return false;
     KernelLog log;
     // The target by its fd: the directory that was checked, whatever its path names now.
     std::string target = FdPath(target_fd_);
@@ -436,10 +439,13 @@ class LegacyMountCall : public Call {
       return false;
     }
     log.ReadOverlayLines(&warnings_);
-    // The new mount, reached through the path for its id (a magic link does not cross into it).
+    // The new mount, reached through the path the checked directory has now (a magic link does not cross
+    // into the mount on top of it; a path does).
     Facts below, top;
-    Fd fd(open(target_path_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (fd.get() < 0) return Fail("open", target_path_);
+    std::string now;
+    if (!FdRealpath(target_fd_, &now)) now = target_path_;
+    Fd fd(open(now.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) return Fail("open", now);
     struct statfs sfs;
     if (!StatFd(target_fd_, "", AT_EMPTY_PATH, &below) || !StatFd(fd.get(), "", AT_EMPTY_PATH, &top))
       return Fail("statx", target_path_);
@@ -451,15 +457,23 @@ class LegacyMountCall : public Call {
     mnt_id_ = top.mnt_id;
     unique_ = top.unique;
     // The layer strings were resolved again by the kernel: check each is still what was checked.
-    int changed = FirstChangedLayer(verify_);
-    if (changed >= 0) {
-      Fail("open", verify_[changed].path);
-      error_.changed_layer = changed;
+    if (!CheckLayers()) {
       umount2(FdPath(fd.get()).c_str(), MNT_DETACH);  // the fd is the new mount's root: exactly it goes
       return false;
     }
     return true;
   }
+
+ private:
+  bool CheckLayers() {
+    int changed = FirstChangedLayer(verify_);
+    if (changed < 0) return true;
+    Fail("open", verify_[changed].path);
+    error_.changed_layer = changed;
+    return false;
+  }
+
+ public:
 
   Napi::Value Resolve(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
@@ -583,6 +597,9 @@ class FsMountCall : public Call {
         create_(create), describe_hint_(describe_hint), verify_(std::move(verify)) {}
 
   bool Run() override {
+    // Layer strings (the `string` strategy) are resolved by the kernel again: checked right before, and
+    // again after, while the mount is still detached.
+    if (!CheckLayers()) return false;
     KernelLog log;
     Fd fsfd(static_cast<int>(syscall(SYS_fsopen, fstype_.c_str(), kFsopenCloexec)));
     if (fsfd.get() < 0) return Fail("fsopen");  // nothing of overlay's ran: no log to read
@@ -614,12 +631,7 @@ class FsMountCall : public Call {
     unique_ = f.unique;
     // Layers the kernel resolved from strings are checked while the mount is still detached: a mismatch
     // drops it (closing the fsmount fd) before it was ever attached anywhere.
-    int changed = FirstChangedLayer(verify_);
-    if (changed >= 0) {
-      Fail("open", verify_[changed].path);
-      error_.changed_layer = changed;
-      return false;
-    }
+    if (!CheckLayers()) return false;
     if (syscall(SYS_move_mount, mfd.get(), "", target_fd_, "", kMoveMountFEmptyPath | kMoveMountTEmptyPath) != 0)
       return Fail("move_mount");
     // Describe the new mount in this same trip; a kernel without statmount (ENOSYS) leaves it to the caller.
@@ -645,6 +657,14 @@ class FsMountCall : public Call {
     error_.step = step;
     DrainFsLog(fsfd, &error_.messages);
     if (error_.messages.empty()) log->ReadOverlayLines(&error_.kernel_log);
+    return false;
+  }
+
+  bool CheckLayers() {
+    int changed = FirstChangedLayer(verify_);
+    if (changed < 0) return true;
+    Fail("open", verify_[changed].path);
+    error_.changed_layer = changed;
     return false;
   }
 

@@ -217,6 +217,8 @@ async function mountCommand(args: string[], opts: MountCliOptions): Promise<numb
   if (args.length > 2) throw new UsageError(`too many arguments: ${args.map((a) => `'${a}'`).join(" ")}`, "ovl mount [options] [SOURCE] TARGET");
   const [source, target] = args.length === 2 ? [args[0], args[1]!] : [undefined, args[0]!];
   const m = await mount(mountSpecFromCli(source, target, opts));
+  // What the kernel said of a mount that succeeded (a fallback, a layer feature): diagnostics, on stderr.
+  for (const w of m.warnings) console.error(`ovl: mount ${printable(m.target)}: kernel: ${w.replace(/^overlay(fs)?: /, "")}`);
   if (process.stdout.isTTY) {
     const layers = `${m.lower.length} lower layer${m.lower.length === 1 ? "" : "s"}`;
     console.log(`${style("green", "mounted")} overlay on ${printable(m.target)} (${layers}${m.upper ? `, upper ${printable(m.upper)}` : ", read-only"})`);

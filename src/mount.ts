@@ -279,7 +279,7 @@ function* mountByLegacy(spec: CheckedSpec): Plan<NewMount> {
 }
 
 /** Describes one mount by id: statmount(2) where the kernel has it, else the mount table. */
-function* describe(made: NewMount, spec: CheckedSpec): Plan<OverlayMount> {
+function* describe(made: NewMount, spec: CheckedSpec, strategy: KernelStrategy): Plan<OverlayMount> {
   const { id, unique } = made;
   let info: MountInfo | undefined;
   if (made.statmount) info = mountInfoFromStatmount(made.statmount);
@@ -298,11 +298,10 @@ function* describe(made: NewMount, spec: CheckedSpec): Plan<OverlayMount> {
       throw new OverlayError("ENOENT", `the new overlay on '${spec.targetDir.real}' is not in the mount table`, { syscall: "mount", path: spec.target });
     }
   }
-  // The layers are the directories checked, by the paths the kernel held for them when they were opened.
   const entry = toOverlayMount(info);
-  entry.lower = spec.lowerDirs.map((r) => r.real);
-  entry.data = spec.dataDirs.map((r) => r.real);
-  if (spec.upperDir && spec.workDir) {
+  // Passed as fds, layers show as the kernel's own paths for them, literally; passed as strings (the `string`
+  // strategy), upperdir/workdir show as typed, escaped: the paths ovl gave are the ones it checked.
+  if (strategy === "string" && spec.upperDir && spec.workDir) {
     entry.upper = spec.upperDir.real;
     entry.work = spec.workDir.real;
   }
@@ -530,7 +529,7 @@ function* mountPlan(spec: unknown): Plan<MountedOverlay> {
     }
     const made = strategy === "legacy" ? yield* mountByLegacy(checked) : yield* mountByFsConfig(checked, strategy === "fd");
     try {
-      const entry = yield* describe(made, checked);
+      const entry = yield* describe(made, checked, strategy);
       return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy, made.warnings);
     } catch (e) {
       // Leave nothing half-done: a mount the caller cannot be handed is taken down again, exactly it.

@@ -1,5 +1,5 @@
 /** The `ovl` command, driven as a user would: the built dist/cli.js, real overlays, real processes. */
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { chmodSync, closeSync, mkdirSync, openSync, readFileSync, symlinkSync } from "node:fs";
 import { execa } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -113,6 +113,19 @@ describe("ovl mount", () => {
     expect(overlaysAt(L.merged)).toHaveLength(1);
     expect(readFileSync(`${L.merged}/file`, "utf8")).toBe("from l1");
     expect(readFileSync(`${L.merged}/only-l2`, "utf8")).toBe("from l2");
+  });
+
+  it("prints what the kernel said of a mount that succeeded on stderr, and refuses an upper already in use (EBUSY, exit 32)", async () => {
+    const L = layout();
+    const t = s.dirs("tmp")[0]!;
+    execFileSync("mount", ["-t", "tmpfs", "t", t]);
+    mkdirSync(`${t}/lower`);
+    const r = await ovl(["mount", "--lower", `${t}/lower`, "--upper", L.upper, "--work", L.work, "-o", "xino=on", L.merged]);
+    expect(r.exitCode).toBe(0);
+    expect(r.stderr).toMatch(new RegExp(`^ovl: mount ${L.merged}: kernel: .*xino`, "m"));
+    const again = await ovl(["mount", "--lower", L.l1, "--upper", L.upper, "--work", s.dirs("work2")[0]!, s.dirs("m2")[0]!]);
+    expect(again.exitCode).toBe(32);
+    expect(again.stderr).toContain(`is already the upper layer of the overlay mounted at '${L.merged}'`);
   });
 
   it("mounts mount(8)'s way: -t overlay SOURCE -o lowerdir=...,upperdir=...,workdir=..., escapes and features", async () => {
