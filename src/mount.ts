@@ -299,11 +299,17 @@ function* describe(made: NewMount, spec: CheckedSpec, strategy: KernelStrategy):
     }
   }
   const entry = toOverlayMount(info);
-  // Passed as fds, layers show as the kernel's own paths for them, literally; passed as strings (the `string`
-  // strategy), upperdir/workdir show as typed, escaped: the paths ovl gave are the ones it checked.
-  if (strategy === "string" && spec.upperDir && spec.workDir) {
-    entry.upper = spec.upperDir.real;
-    entry.work = spec.workDir.real;
+  if (spec.upperDir && spec.workDir) {
+    if (strategy === "fd") {
+      // Passed as fds, upperdir/workdir show as the kernel's own paths for them, literally (no escapes).
+      const literal = (key: string) => entry.superOptions.find((o) => o.startsWith(key))?.slice(key.length);
+      entry.upper = literal("upperdir=") ?? spec.upperDir.real;
+      entry.work = literal("workdir=") ?? spec.workDir.real;
+    } else if (strategy === "string") {
+      // Passed as strings they show as typed, with overlay's escapes: the paths ovl gave are the ones it checked.
+      entry.upper = spec.upperDir.real;
+      entry.work = spec.workDir.real;
+    }
   }
   return entry;
 }
