@@ -6,7 +6,8 @@
 //
 //   npm run bench                 full run (a few minutes)
 //   npm run bench -- --quick      short smoke run
-//   npm run bench -- --only=cycle,list   some groups only (see bench/run.mjs)
+//   npm run bench -- --only=cycle,table  some groups only (see bench/run.mjs)
+//   OVL_BENCH_NO_ADDON_BUILD=1 npm run bench   never build the addon here (stop if it is missing or stale)
 //
 // Exits non-zero only when something failed to run; a missed goal is reported, not an error.
 import { spawnSync } from "node:child_process";
@@ -41,10 +42,15 @@ function build() {
   }
   if (status !== 0) console.error("run-bench: tsc reported errors (above); benchmarking what it emitted");
 
-  // The addon: built when missing, rebuilt when a native/ source is newer than it.
+  // The addon: built when missing, rebuilt when a native/ source is newer than it. With
+  // OVL_BENCH_NO_ADDON_BUILD=1 (someone else builds it, e.g. while they edit native/) never built here:
+  // a missing or stale addon stops the bench instead.
   const addon = join(root, "build", "Release", "ovl.node");
   const sources = readdirSync(join(root, "native")).map((f) => join(root, "native", f));
   const stale = !existsSync(addon) || sources.some((f) => statSync(f).mtimeMs > statSync(addon).mtimeMs);
+  if (stale && process.env.OVL_BENCH_NO_ADDON_BUILD) {
+    fail(`${existsSync(addon) ? "the addon is older than native/" : "the addon is not built"} and OVL_BENCH_NO_ADDON_BUILD is set: build it first, or retry`);
+  }
   if (stale) {
     const gyp = join(dirname(require.resolve("node-gyp/package.json")), "bin", "node-gyp.js");
     const args = existsSync(join(root, "build", "Makefile")) ? ["build"] : ["rebuild"];
