@@ -1,5 +1,5 @@
 /**
- * ovl's benchmarks (issue 6). Run by `npm run bench` (scripts/run-bench.js), which builds dist/ and the C
+ * ovl's benchmarks (issues 6 and 10). Run by `npm run bench` (scripts/run-bench.js), which builds dist/ and the C
  * baselines and starts this inside a private mount namespace. Every figure is a median over rounds in which
  * ovl and its baseline take turns, and every ratio compares two things measured side by side in this run.
  *
@@ -8,8 +8,8 @@
  */
 import { spawnSync } from "node:child_process";
 import { createHook } from "node:async_hooks";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
+import { closeSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
 import { monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks";
@@ -43,6 +43,9 @@ function sizes(quick) {
   return {
     cycleRounds: pick(41, 5),
     cyclesPerBatch: pick(20, 8),
+    // with the big table every mount() reads and parses the whole table: fewer cycles
+    tableCycleRounds: pick(11, 3),
+    tableCyclesPerBatch: pick(5, 3),
     spawnCyclesPerBatch: pick(4, 2),
     profileRounds: pick(21, 3),
     profileCycles: pick(20, 8),
@@ -155,7 +158,7 @@ function machineLine() {
 
 // --- mount()+umount() cycles -----------------------------------------------------------------------
 
-/** `k` library cycles; returns per-cycle ms, and pushes the mount/umount split into `split`. */
+/** `k` library cycles, async (`mount()` + `handle.unmount()`); per-cycle ms, the mount/umount split in `split`. */
 async function libCycles(lib, spec, k, split) {
   const out = [];
   for (let i = 0; i < k; i++) {
@@ -163,6 +166,22 @@ async function libCycles(lib, spec, k, split) {
     const m = await lib.mount(spec);
     const t1 = performance.now();
     await m.unmount();
+    const t2 = performance.now();
+    out.push(t2 - t0);
+    split?.mount.push(t1 - t0);
+    split?.umount.push(t2 - t1);
+  }
+  return out;
+}
+
+/** The same with the sync twins (`mountSync()` + `handle.unmountSync()`). */
+function syncCycles(lib, spec, k, split) {
+  const out = [];
+  for (let i = 0; i < k; i++) {
+    const t0 = performance.now();
+    const m = lib.mountSync(spec);
+    const t1 = performance.now();
+    m.unmountSync();
     const t2 = performance.now();
     out.push(t2 - t0);
     split?.mount.push(t1 - t0);
@@ -184,78 +203,6 @@ function spawnCycles(d, k) {
   return out;
 }
 
-/** Rows 1 and 3 (or row 2, with `suffix` naming the table). */
-async function cycleRows(ctx, suffix) {
-  const { lib, ws, n, rows } = ctx;
-  const d = ws.overlayDirs(suffix ? "cycle-table" : "cycle");
-  const spec = { lower: [d.lower], upper: d.upper, work: d.work, target: d.target };
-  await libCycles(lib, spec, 10); // warm up: JIT, the strategy probe, the addon
-  ws.cCycle("legacy", 5, d);
-  ws.cCycle("fd", 5, d);
-  const split = { mount: [], umount: [] };
-  const contestants = [
-    { name: "ovl", run: () => libCycles(lib, spec, n.cyclesPerBatch, split) },
-    { name: "c", run: () => ws.cCycle("legacy", n.cyclesPerBatch, d).total },
-    { name: "cfd", run: () => ws.cCycle("fd", n.cyclesPerBatch, d).total },
-  ];
-  if (!suffix) contestants.push({ name: "spawn", run: () => spawnCycles(d, n.spawnCyclesPerBatch) });
-  const s = await alternate(n.cycleRounds, contestants);
-  const ovl = median(s.ovl);
-  const c = median(s.c);
-  if (!suffix) ctx.baseCycle = { ovl, c };
-  // With the big table: does the cycle grow with it (it must not re-read the table)?
-  const growth = suffix && ctx.baseCycle
-    ? `; vs the small table: ovl ${(ovl / ctx.baseCycle.ovl).toFixed(2)}×, C ${(c / ctx.baseCycle.c).toFixed(2)}×`
-    : "";
-  rows.push(
-    makeRow({
-      name: `mount()+umount() cycle${suffix}`,
-      kind: "ratio",
-      subject: ovl,
-      baseline: c,
-      goal: 1.25,
-      note: `baseline: C mount(2)+umount2(2) loop; ovl's mount() ${fmtTime(median(split.mount))} + unmount() ${fmtTime(
-        median(split.umount),
-      )}; ${s.ovl.length} cycles each${growth}`,
-    }),
-    makeRow({
-      name: `  C floor of ovl's syscalls${suffix}`,
-      kind: "info",
-      subject: median(s.cfd),
-      baseline: c,
-      note: "C doing exactly ovl's calls (realpath+statx checks, fsopen/fsconfig fds/fsmount/move_mount, statmount) vs mount(2)",
-    }),
-  );
-  if (!suffix) {
-    rows.push(
-      makeRow({
-        name: "same cycle vs spawning mount(8)+umount(8)",
-        kind: "faster",
-        subject: ovl,
-        baseline: median(s.spawn),
-        goal: 7,
-        note: `baseline: spawnSync("mount", ["-t", "overlay", ...]) + spawnSync("umount"); ${s.spawn.length} cycles`,
-      }),
-    );
-  }
-}
-
-// --- where mount() spends its time -----------------------------------------------------------------
-
-/** The internal functions the profile calls, from whichever dist/ module exports them now. */
-async function loadInternals(dist) {
-  const files = ["validate.js", "native.js", "statmount.js", "overlay-options.js", "table.js", "mount.js"];
-  const modules = await Promise.all(files.map((f) => import(dist(f)).catch(() => ({}))));
-  const names = ["checkSpecShape", "checkSpecPaths", "native", "FsConfigKind", "mountInfoFromStatmount", "toOverlayMount"];
-  const out = {};
-  for (const name of names) out[name] = modules.find((m) => m[name] !== undefined)?.[name];
-  const missing = names.filter((k) => out[k] === undefined);
-  if (missing.length) {
-    throw new Error(`no module of dist/ (${files.join(", ")}) exports ${missing.join(", ")}: update bench/run.mjs profile()`);
-  }
-  return out;
-}
-
 /** Counts async resources by type while `fn` runs: "generic" is one addon call, FSREQ* one fs call. */
 async function countTrips(fn) {
   const counts = {};
@@ -273,56 +220,284 @@ async function countTrips(fn) {
   return counts;
 }
 
-/**
- * mount() taken apart into its phases, each timed (ms): the calls mountOverlay() makes on the fd path,
- * made one by one through the internal functions. Pushes into `phases` and leaves nothing mounted.
- */
-async function phasedCycle(lib, x, spec, phases) {
-  const addon = x.native();
-  const K = x.FsConfigKind;
-  const t0 = performance.now();
-  const shaped = x.checkSpecShape(spec);
-  const t1 = performance.now();
-  const checked = await x.checkSpecPaths(shaped);
-  const t2 = performance.now();
-  const steps = [
-    [K.String, "source", checked.source],
-    ...checked.lower.map((p) => [K.PathFd, "lowerdir+", p]),
-    [K.PathFd, "upperdir", checked.upper],
-    [K.PathFd, "workdir", checked.work],
-  ];
-  const r = await addon.fsMount("overlay", steps, 0, checked.target);
-  const t3 = performance.now();
-  const entry = x.toOverlayMount(x.mountInfoFromStatmount(await addon.statMount(r.mountId)));
-  const m = new lib.MountedOverlay(entry, r.mountId, "fd");
-  const t4 = performance.now();
-  await m.unmount();
-  const t5 = performance.now();
-  phases.shape.push(t1 - t0);
-  phases.paths.push(t2 - t1);
-  phases.kernel.push(t3 - t2);
-  phases.describe.push(t4 - t3);
-  phases.unmount.push(t5 - t4);
-  phases.sum.push(t5 - t0);
+/** Thread-pool trips among counted async resources: addon calls ("generic") and fs calls (FSREQ*). */
+const tripsOf = (counts) => Object.entries(counts).reduce((a, [k, v]) => a + (k === "generic" || k.startsWith("FSREQ") ? v : 0), 0);
+const tripText = (t) =>
+  Object.entries(t)
+    .map(([k, v]) => `${v} ${k === "generic" ? "addon" : k}`)
+    .join(", ") || "none";
+
+/** Trips of one mount() and of its handle's unmount() (after a warm-up, so one-time probes are not counted). */
+async function measureTrips(lib, spec) {
+  await (await lib.mount(spec)).unmount();
+  let mounted;
+  const mount = await countTrips(async () => {
+    mounted = await lib.mount(spec);
+  });
+  const umount = await countTrips(() => mounted.unmount());
+  return { mount, umount };
 }
 
-async function profile({ lib, ws, n, sections, dist, strategy }) {
+const range = (xs) => (xs.length ? `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}×` : "-");
+
+/**
+ * The cycle rows: async and sync cycles against the bare C loop (legacy mount(2)+umount2(2)) and against C
+ * making ovl's own safe fd sequence (`safe`), all taking turns in one run. With `suffix` (the big table):
+ * fewer cycles, since every mount() reads the mount table.
+ */
+async function cycleRows(ctx, suffix) {
+  const { lib, ws, n, rows } = ctx;
+  const d = ws.overlayDirs(suffix ? "cycle-table" : "cycle");
+  const spec = { lower: [d.lower], upper: d.upper, work: d.work, target: d.target };
+  const rounds = suffix ? n.tableCycleRounds : n.cycleRounds;
+  const k = suffix ? n.tableCyclesPerBatch : n.cyclesPerBatch;
+  await libCycles(lib, spec, 10); // warm up: JIT, the strategy probe, the addon
+  syncCycles(lib, spec, 10);
+  ws.cCycle("legacy", 5, d);
+  ws.cCycle("safe", 5, d);
+  const split = { ovl: { mount: [], umount: [] }, sync: { mount: [], umount: [] } };
+  const c = { legacy: { mount: [], umount: [] }, safe: { mount: [], umount: [] } };
+  /** Per-round medians, for the spread of the ratios from round to round. */
+  const perRound = { ovl: [], sync: [], c: [], csafe: [] };
+  const keep = (name, xs) => {
+    perRound[name].push(median(xs));
+    return xs;
+  };
+  const cRun = (mode, name) => () => {
+    const r = ws.cCycle(mode, k, d);
+    c[mode].mount.push(...r.mount);
+    c[mode].umount.push(...r.umount);
+    return keep(name, r.total);
+  };
+  const contestants = [
+    { name: "ovl", run: async () => keep("ovl", await libCycles(lib, spec, k, split.ovl)) },
+    { name: "sync", run: () => keep("sync", syncCycles(lib, spec, k, split.sync)) },
+    { name: "c", run: cRun("legacy", "c") },
+    { name: "csafe", run: cRun("safe", "csafe") },
+  ];
+  if (!suffix) contestants.push({ name: "spawn", run: () => spawnCycles(d, n.spawnCyclesPerBatch) });
+  const s = await alternate(rounds, contestants);
+  const ovl = median(s.ovl);
+  const sync = median(s.sync);
+  const bare = median(s.c);
+  const safe = median(s.csafe);
+  if (!suffix) ctx.baseCycle = { ovl, sync, bare, safe };
+  const m = (xs) => fmtTime(median(xs));
+  const ratios = (a, b) => range(perRound[a].map((x, i) => x / perRound[b][i]));
+  const growth =
+    suffix && ctx.baseCycle
+      ? `; vs the small table: ovl ${(ovl / ctx.baseCycle.ovl).toFixed(2)}×, sync ${(sync / ctx.baseCycle.sync).toFixed(2)}×, ` +
+        `C bare ${(bare / ctx.baseCycle.bare).toFixed(2)}×, C safe ${(safe / ctx.baseCycle.safe).toFixed(2)}×`
+      : "";
+  const each = `${s.ovl.length} cycles each, in ${rounds} rounds`;
+  rows.push(
+    makeRow({
+      name: `mount()+unmount() cycle${suffix}`,
+      kind: "ratio",
+      subject: ovl,
+      baseline: bare,
+      goal: 2.5,
+      note:
+        `baseline: C mount(2)+umount2(2) loop (mount(2) ${m(c.legacy.mount)} + umount2 ${m(c.legacy.umount)}); ` +
+        `ovl's async mount() ${m(split.ovl.mount)} + handle.unmount() ${m(split.ovl.umount)}; ${each}; ` +
+        `per-round ratio ${ratios("ovl", "c")}${growth}`,
+    }),
+    makeRow({
+      name: `  same cycle vs C making ovl's safe fd sequence${suffix}`,
+      kind: "ratio",
+      subject: ovl,
+      baseline: safe,
+      goal: 1.5,
+      note:
+        `baseline: bench/c/ovl-cycle safe, ovl's syscalls in ovl's order on one thread (mount ${m(c.safe.mount)} + ` +
+        `unmount ${m(c.safe.umount)}); per-round ratio ${ratios("ovl", "csafe")}`,
+    }),
+    makeRow({
+      name: `mountSync()+unmountSync() cycle${suffix}`,
+      kind: "ratio",
+      subject: sync,
+      baseline: bare,
+      goal: 1.5,
+      note:
+        `baseline: the C mount(2)+umount2(2) loop; mountSync() ${m(split.sync.mount)} + unmountSync() ${m(split.sync.umount)}; ` +
+        `vs C safe ${(sync / safe).toFixed(2)}×; per-round ratio ${ratios("sync", "c")}`,
+    }),
+    makeRow({
+      name: `  C safe fd sequence vs the bare loop${suffix}`,
+      kind: "info",
+      subject: safe,
+      baseline: bare,
+      note: `what ovl's checks and fd route cost in the kernel alone; per-round ratio ${ratios("csafe", "c")}`,
+    }),
+  );
+  if (!suffix) {
+    rows.push(
+      makeRow({
+        name: "same cycle vs spawning mount(8)+umount(8)",
+        kind: "faster",
+        subject: ovl,
+        baseline: median(s.spawn),
+        goal: 7,
+        note: `baseline: spawnSync("mount", ["-t", "overlay", ...]) + spawnSync("umount"); ${s.spawn.length} cycles`,
+      }),
+    );
+    const trips = await measureTrips(lib, spec);
+    ctx.trips = trips;
+    const mt = tripsOf(trips.mount);
+    const ut = tripsOf(trips.umount);
+    rows.push(
+      makeRow({
+        name: "thread-pool trips per mount() / unmount()",
+        kind: "check",
+        subject: undefined,
+        goal: "mount() ≤ 2, unmount() 1",
+        pass: mt <= 2 && ut === 1,
+        note: `mount() ${mt} (${tripText(trips.mount)}); unmount() ${ut} (${tripText(trips.umount)}); counted with async_hooks`,
+      }),
+    );
+  }
+}
+
+// --- where mount() spends its time -----------------------------------------------------------------
+
+/** The internal functions the profile calls, from whichever dist/ module exports them now. */
+async function loadInternals(dist) {
+  const files = ["validate.js", "native.js", "statmount.js", "overlay-options.js", "flags.js", "mountinfo.js", "mount.js"];
+  const modules = await Promise.all(files.map((f) => import(dist(f)).catch(() => ({}))));
+  const names = [
+    "checkSpecShape",
+    "openRequest",
+    "checkOpened",
+    "native",
+    "FsConfigKind",
+    "mountInfoFromStatmount",
+    "toOverlayMount",
+    "featureOptionStrings",
+    "mountAttrFlags",
+    "superblockFlagNames",
+    "parseMountInfo",
+  ];
+  const out = {};
+  for (const name of names) out[name] = modules.find((m) => m[name] !== undefined)?.[name];
+  const missing = names.filter((k) => out[k] === undefined);
+  if (missing.length) {
+    throw new Error(`no module of dist/ (${files.join(", ")}) exports ${missing.join(", ")}: update bench/run.mjs profile()`);
+  }
+  return out;
+}
+
+/** The fsconfig steps mount() hands the kernel on the fd strategy (src/mount.ts fsConfigPlan). */
+function fdSteps(x, checked) {
+  const K = x.FsConfigKind;
+  const steps = [[K.String, "source", checked.source]];
+  for (const r of checked.lowerDirs) steps.push([K.Fd, "lowerdir+", r.fd]);
+  for (const r of checked.dataDirs) steps.push([K.Fd, "datadir+", r.fd]);
+  if (checked.upperDir && checked.workDir) steps.push([K.Fd, "upperdir", checked.upperDir.fd], [K.Fd, "workdir", checked.workDir.fd]);
+  for (const opt of x.featureOptionStrings(checked.options)) {
+    const eq = opt.indexOf("=");
+    steps.push(eq < 0 ? [K.Flag, opt] : [K.String, opt.slice(0, eq), opt.slice(eq + 1)]);
+  }
+  for (const flag of x.superblockFlagNames(checked.flags)) steps.push([K.Flag, flag]);
+  return steps;
+}
+
+/** statmount's buffer hint as mount() sizes it (src/mount.ts statmountSizeHint). */
+function sizeHint(checked) {
+  const len = (s) => Buffer.byteLength(s);
+  let bytes = 1024 + 2 * len(checked.targetDir.real);
+  for (const r of [...checked.lowerDirs, ...checked.dataDirs, checked.upperDir, checked.workDir]) if (r) bytes += len(r.real) + 16;
+  return bytes;
+}
+
+/**
+ * mount() taken apart into its phases, each timed (ms), through the internal functions mountPlan() calls on
+ * the fd strategy, async (one trip per addon call) or with the addon's *Sync twins; then the handle's
+ * unmount. Pushes into `phases`; returns the handle's plain fields (nothing stays mounted).
+ */
+async function phasedCycle(lib, x, spec, phases, sync) {
+  const addon = x.native();
+  const t0 = performance.now();
+  const shaped = x.checkSpecShape(spec);
+  const req = x.openRequest(shaped);
+  const t1 = performance.now();
+  const opened = sync
+    ? addon.openPathsSync(req.paths, req.list, req.probes, req.table)
+    : await addon.openPaths(req.paths, req.list, req.probes, req.table);
+  const t2 = performance.now();
+  let t3, t4, t5, m, checked;
+  try {
+    checked = x.checkOpened(shaped, req, opened);
+    t3 = performance.now();
+    const args = ["overlay", fdSteps(x, checked), x.mountAttrFlags(checked.flags), checked.targetDir.fd, sizeHint(checked)];
+    const r = sync ? addon.fsMountSync(...args) : await addon.fsMount(...args);
+    t4 = performance.now();
+    const entry = x.toOverlayMount(x.mountInfoFromStatmount(r.statmount));
+    entry.lower = checked.lowerDirs.map((d) => d.real);
+    entry.data = checked.dataDirs.map((d) => d.real);
+    if (checked.upperDir && checked.workDir) {
+      entry.upper = checked.upperDir.real;
+      entry.work = checked.workDir.real;
+    }
+    m = new lib.MountedOverlay(entry, r.mountId, "fd", [...r.messages, ...r.warnings]);
+    t5 = performance.now();
+  } finally {
+    for (const p of opened.paths) if (p.fd !== undefined) closeSync(p.fd);
+  }
+  const t6 = performance.now();
+  if (sync) m.unmountSync();
+  else await m.unmount();
+  const t7 = performance.now();
+  phases.shape.push(t1 - t0);
+  phases.open.push(t2 - t1);
+  phases.checks.push(t3 - t2);
+  phases.kernel.push(t4 - t3);
+  phases.describe.push(t5 - t4);
+  phases.close.push(t6 - t5);
+  phases.unmount.push(t7 - t6);
+  phases.sum.push(t7 - t0);
+  phases.table = opened.table;
+  return { ...m };
+}
+
+const newPhases = () => ({ shape: [], open: [], checks: [], kernel: [], describe: [], close: [], unmount: [], sum: [] });
+
+/** Fails loudly if phasedCycle no longer does what mount() does (same result but for the ids). */
+async function checkPhasedMatches(lib, x, spec) {
+  const strip = (o) => JSON.stringify({ ...o, id: 0, uniqueId: 0 });
+  // Not the first mount of these layers: the kernel shows `uuid=on` only on a fresh upper's first mount.
+  await (await lib.mount(spec)).unmount();
+  const phased = await phasedCycle(lib, x, spec, newPhases(), false);
+  const m = await lib.mount(spec);
+  const real = { ...m };
+  await m.unmount();
+  if (strip(phased) !== strip(real) || m.strategy !== "fd") {
+    throw new Error(
+      `the phased mount no longer matches mount() (strategy ${m.strategy}): update bench/run.mjs phasedCycle()\n` +
+        `  phased: ${strip(phased)}\n  mount(): ${strip(real)}`,
+    );
+  }
+}
+
+async function profile({ lib, ws, n, sections, dist, strategy, trips }) {
   const x = await loadInternals(dist);
   const addon = x.native();
   const d = ws.overlayDirs("profile");
   const spec = { lower: [d.lower], upper: d.upper, work: d.work, target: d.target };
-  const phases = { shape: [], paths: [], kernel: [], describe: [], unmount: [], sum: [], whole: [], trip: [], readdir: [] };
-  const c = { validate: [], configure: [], create: [], attach: [], describe: [], umount: [], total: [] };
+  if (strategy === "fd") await checkPhasedMatches(lib, x, spec);
+  const ph = { async: newPhases(), sync: newPhases() };
+  const whole = { async: [], sync: [], asyncMount: [], asyncUmount: [], syncMount: [], syncUmount: [] };
+  const trip = { async: [], sync: [] };
+  const parse = [];
+  const c = {};
+  const floors = { legacy: [], "legacy-describe": [], "fd-bare": [] };
   const cRun = () => {
-    const r = ws.cCycle("fd", n.profileCycles, d);
-    ["validate", "configure", "create", "attach", "describe"].forEach((k, i) => c[k].push(...r.phases[i]));
-    c.umount.push(...r.umount);
-    c.total.push(...r.total);
+    const r = ws.cCycle("safe", n.profileCycles, d);
+    for (const [k, v] of Object.entries(r.phases)) (c[k] ??= []).push(...v);
+    (c.mount ??= []).push(...r.mount);
+    (c.umount ??= []).push(...r.umount);
+    (c.total ??= []).push(...r.total);
     return [];
   };
-  // Kernel floors of other designs, in C: mount(2) alone; mount(2) + statx + statmount (ovl's result
-  // through mount(2)); the fd path without the realpath/statx checks (one native call per mount()).
-  const floors = { legacy: [], "legacy-describe": [], "fd-onecall": [] };
   const floorRuns = Object.keys(floors).map((mode) => ({
     name: mode,
     run: () => {
@@ -330,92 +505,103 @@ async function profile({ lib, ws, n, sections, dist, strategy }) {
       return [];
     },
   }));
-  // Describing a mount in JS, from a statmount result already in hand.
-  const describeJs = [];
-  const describeJsRun = async () => {
-    const m = await lib.mount(spec);
-    const sm = await addon.statMount(m.uniqueId);
-    await m.unmount();
-    for (let i = 0; i < n.profileCycles; i++) {
-      describeJs.push(await timed(() => new lib.MountedOverlay(x.toOverlayMount(x.mountInfoFromStatmount(sm)), sm.mountId, "fd")));
-    }
-    return [];
-  };
-  for (let i = 0; i < 5; i++) await phasedCycle(lib, x, spec, phases);
-  cRun();
-  for (const k of Object.keys(phases)) phases[k].length = 0; // drop the warm-up
-  for (const k of Object.keys(c)) c[k].length = 0;
+  const phasedRun = (kind) => ({
+    name: `phased-${kind}`,
+    run: async () => {
+      for (let i = 0; i < n.profileCycles; i++) await phasedCycle(lib, x, spec, ph[kind], kind === "sync");
+      return [];
+    },
+  });
+  // warm up, then drop what the warm-up measured
+  for (let i = 0; i < 5; i++) {
+    await phasedCycle(lib, x, spec, ph.async, false);
+    await phasedCycle(lib, x, spec, ph.sync, true);
+  }
+  for (const p of Object.values(ph)) for (const k of Object.keys(p)) if (Array.isArray(p[k])) p[k].length = 0;
   await alternate(n.profileRounds, [
+    phasedRun("async"),
+    phasedRun("sync"),
     {
-      name: "phased",
+      name: "whole-async",
       run: async () => {
-        for (let i = 0; i < n.profileCycles; i++) await phasedCycle(lib, x, spec, phases);
+        const split = { mount: [], umount: [] };
+        whole.async.push(...(await libCycles(lib, spec, n.profileCycles, split)));
+        whole.asyncMount.push(...split.mount);
+        whole.asyncUmount.push(...split.umount);
         return [];
       },
     },
     {
-      name: "whole",
-      run: async () => {
-        phases.whole.push(...(await libCycles(lib, spec, n.profileCycles)));
+      name: "whole-sync",
+      run: () => {
+        const split = { mount: [], umount: [] };
+        whole.sync.push(...syncCycles(lib, spec, n.profileCycles, split));
+        whole.syncMount.push(...split.mount);
+        whole.syncUmount.push(...split.umount);
         return [];
       },
     },
     { name: "c", run: cRun },
     ...floorRuns,
-    { name: "describeJs", run: describeJsRun },
     {
       name: "trip",
       run: async () => {
         for (let i = 0; i < n.profileCycles; i++) {
-          phases.trip.push(await timed(() => addon.mountId("/", false)));
-          phases.readdir.push(await timed(() => readdir(d.work)));
+          trip.async.push(await timed(() => addon.mountId("/", false)));
+          const t0 = performance.now();
+          addon.mountIdSync("/", false);
+          trip.sync.push(performance.now() - t0);
+          const table = ph.async.table ?? "";
+          parse.push(await timed(() => x.parseMountInfo(table, { fstype: "overlay" })));
         }
         return [];
       },
     },
   ]);
+  const mountTrips = trips?.mount ?? (await measureTrips(lib, spec)).mount;
+  const umountTrips = trips?.umount ?? (await measureTrips(lib, spec)).umount;
 
-  let mounted;
-  const mountTrips = await countTrips(async () => {
-    mounted = await lib.mount(spec);
-  });
-  const umountTrips = await countTrips(() => mounted.unmount());
-  const tripText = (t) =>
-    Object.entries(t)
-      .map(([k, v]) => `${v} ${k === "generic" ? "addon" : k}`)
-      .join(", ") || "none";
-
-  const med = (xs) => median(xs);
-  const validateOvl = med(phases.shape) + med(phases.paths);
-  const trip = med(phases.trip);
-  const js = med(phases.shape) + med(describeJs);
+  const med = (xs) => median(xs ?? []);
+  const f = (v) => (v === undefined ? "" : fmtTime(v));
+  const sumOf = (keys) => keys.reduce((a, k) => a + med(c[k]), 0);
+  const cOpen = ["paths", "probes", "mountinfo"];
+  const cKernel = ["kmsg-open", "configure", "create", "fsmount", "logs", "attach", "statmount"];
+  const cUmount = ["umount-lookup", "umount2"];
+  const detail = (keys) => keys.map((k) => `${k} ${fmtTime(med(c[k]))}`).join(", ");
+  const line = (label, a, s, cv, extra = "") =>
+    `${label.padEnd(44)}${f(a).padStart(10)}${f(s).padStart(10)}${f(cv).padStart(10)}${extra ? `  ${extra}` : ""}`;
+  const hop = med(trip.async) - med(trip.sync);
+  const A = ph.async;
+  const S = ph.sync;
+  const js = ["shape", "checks", "describe", "close"].reduce((a, k) => a + med(S[k]), 0);
+  const projected = med(c.total) + 3 * hop + js;
   const base = med(floors.legacy);
-  const project = (floor) => `${fmtTime(floor + 2 * trip + js)} = ${(((floor + 2 * trip + js) / base)).toFixed(2)}× mount(2)`;
-  const line = (label, ovl, cval, extra = "") =>
-    `${label.padEnd(40)}${(ovl === undefined ? "" : fmtTime(ovl)).padStart(10)}${(cval === undefined ? "" : fmtTime(cval)).padStart(12)}${extra ? `  ${extra}` : ""}`;
   sections.push({
-    title: `Where a mount()+umount() cycle goes (medians of ${phases.sum.length} cycles; ovl strategy "${strategy}")`,
+    title: `Where a mount()+unmount() cycle goes (medians of ${A.sum.length} phased cycles each; ovl strategy "${strategy}")`,
     lines: [
-      `${"phase".padEnd(40)}${"ovl".padStart(10)}${"C".padStart(12)}  (C: the same syscalls, no JS, no thread pool)`,
-      line("validate: spec shape (sync JS)", med(phases.shape)),
-      line("validate: paths (realpath,statx,readdir)", med(phases.paths), med(c.validate)),
-      line(
-        "kernel: fsopen, fsconfig, fsmount, move",
-        med(phases.kernel),
-        med(c.configure) + med(c.create) + med(c.attach),
-        `configure ${fmtTime(med(c.configure))}, create ${fmtTime(med(c.create))}, attach ${fmtTime(med(c.attach))}`,
-      ),
-      line("describe: statmount -> MountedOverlay", med(phases.describe), med(c.describe), `of which JS ${fmtTime(med(describeJs))}`),
-      line("unmount()", med(phases.unmount), med(c.umount)),
-      line("sum of the phases", med(phases.sum), med(c.total)),
-      line("mount()+unmount() as a whole", med(phases.whole)),
-      `validation's share of mount(): ${((validateOvl / (med(phases.sum) - med(phases.unmount))) * 100).toFixed(0)}%`,
-      `one addon trip to the thread pool and back (statx of "/"): ${fmtTime(trip)}; fs.promises.readdir(work): ${fmtTime(med(phases.readdir))}`,
+      `${"phase".padEnd(44)}${"async".padStart(10)}${"sync".padStart(10)}${"C safe".padStart(10)}  (C: the same syscalls, one thread, no JS)`,
+      line("shape: checkSpecShape + openRequest (JS)", med(A.shape), med(S.shape)),
+      line("trip 1: openPaths", med(A.open), med(S.open), sumOf(cOpen), detail(cOpen)),
+      line("checks: checkOpened (JS)", med(A.checks), med(S.checks), undefined, `of which parsing the table for overlays ${fmtTime(med(parse))}`),
+      line("trip 2: fsMount (kmsg, fsopen .. statmount)", med(A.kernel), med(S.kernel), sumOf(cKernel), detail(cKernel)),
+      line("describe: statmount fields -> MountedOverlay", med(A.describe), med(S.describe)),
+      line("close the path fds", med(A.close), med(S.close), med(c.close)),
+      line("trip 3: handle.unmount() (umountAt)", med(A.unmount), med(S.unmount), sumOf(cUmount), detail(cUmount)),
+      line("sum of the phases", med(A.sum), med(S.sum), med(c.total)),
+      line("mount()+unmount() as a whole", med(whole.async), med(whole.sync)),
+      line("  of which mount()", med(whole.asyncMount), med(whole.syncMount), med(c.mount)),
+      line("  of which unmount()", med(whole.asyncUmount), med(whole.syncUmount), med(c.umount)),
+      `one bare addon call (statx of "/"): async ${fmtTime(med(trip.async))}, sync ${fmtTime(med(trip.sync))}: a thread-pool hand-off costs ${fmtTime(hop)}`,
+      `per trip, async minus sync: openPaths ${fmtTime(med(A.open) - med(S.open))}, fsMount ${fmtTime(med(A.kernel) - med(S.kernel))}, ` +
+        `unmount ${fmtTime(med(A.unmount) - med(S.unmount))}`,
+      `addon + N-API overhead over C (sync minus C safe): openPaths ${fmtTime(med(S.open) - sumOf(cOpen))}, fsMount ${fmtTime(
+        med(S.kernel) - sumOf(cKernel),
+      )}, unmount ${fmtTime(med(S.unmount) - sumOf(cUmount))}`,
       `thread-pool trips: mount() ${tripText(mountTrips)}; unmount() ${tripText(umountTrips)}`,
       `C floors per cycle: mount(2) ${fmtTime(base)}; mount(2)+statx+statmount ${fmtTime(med(floors["legacy-describe"]))}; ` +
-        `fd path without checks ${fmtTime(med(floors["fd-onecall"]))}; fd path with ovl's checks ${fmtTime(med(c.total))}`,
-      `projected cycle with one trip per mount() and one per unmount() (C floor + 2 trips + JS ${fmtTime(js)}):`,
-      `  fd path: ${project(med(floors["fd-onecall"]))}; mount(2) for plain paths: ${project(med(floors["legacy-describe"]))}`,
+        `fd route without checks ${fmtTime(med(floors["fd-bare"]))}; ovl's safe fd sequence ${fmtTime(med(c.total))}`,
+      `floor of this design, async (C safe + 3 hand-offs + the JS phases ${fmtTime(js)}): ${fmtTime(projected)} = ${(projected / base).toFixed(2)}× mount(2), ` +
+        `${(projected / med(c.total)).toFixed(2)}× C safe`,
     ],
   });
 }
@@ -437,7 +623,7 @@ async function manyLayers({ lib, ws, n, rows, sections, dist }) {
   let layersSeen = -1;
   let how = "";
   const x = await loadInternals(dist);
-  const phases = { shape: [], paths: [], kernel: [], describe: [], unmount: [], sum: [] };
+  const phases = newPhases();
   // mount() as a whole, and the same mount phase by phase, taking turns.
   await alternate(n.layerRounds, [
     {
@@ -454,16 +640,19 @@ async function manyLayers({ lib, ws, n, rows, sections, dist }) {
         return [];
       },
     },
-    { name: "phased", run: () => phasedCycle(lib, x, spec, phases).then(() => []) },
+    { name: "phased", run: () => phasedCycle(lib, x, spec, phases, false).then(() => []) },
   ]);
   const avgLen = lower.reduce((a, p) => a + Buffer.byteLength(p), 0) / lower.length;
   const m = (xs) => fmtTime(median(xs));
   sections.push({
     title: "500 layers: where mount() goes (medians)",
     lines: [
-      `spec shape ${m(phases.shape)}; paths (realpath+statx of 503 paths, then every pair checked for nesting) ${m(phases.paths)};`,
-      `kernel (fsopen .. move_mount, 500 fds) ${m(phases.kernel)}; describe (statmount, 500 options) ${m(phases.describe)};`,
-      `unmount ${m(phases.unmount)}; sum of the phases ${m(phases.sum.map((t, i) => t - phases.unmount[i]))}; mount() as a whole ${m(mountMs)}`,
+      `spec shape ${m(phases.shape)}; trip 1, openPaths (503 paths opened, statx'd and readlink'd) ${m(phases.open)};`,
+      `checks (checkOpened: repeats and nesting by inode and ancestor walk, the table) ${m(phases.checks)};`,
+      `trip 2, fsMount (fsopen .. move_mount, 500 fds, statmount of 500 options) ${m(phases.kernel)}; describe ${m(phases.describe)};`,
+      `closing 503 fds ${m(phases.close)}; unmount ${m(phases.unmount)}; sum of the mount phases ${m(
+        phases.sum.map((t, i) => t - phases.unmount[i]),
+      )}; mount() as a whole ${m(mountMs)}`,
     ],
   });
   rows.push(
@@ -628,16 +817,9 @@ async function listRow({ lib, n, rows, sections, dist }, suffix) {
     "fs.promises.readFile": () => readFile("/proc/self/mountinfo", "utf8"),
     readFileSync: () => readFileSync("/proc/self/mountinfo", "utf8"),
   };
-  if (typeof native().MountWatcher === "function") {
-    // The addon's MountWatcher reads the whole table in one trip (its first next()).
-    reads["one addon trip"] = async () => {
-      const w = new (native().MountWatcher)("/proc/self/mountinfo");
-      try {
-        return await w.next(0);
-      } finally {
-        w.close();
-      }
-    };
+  if (typeof native().readText === "function") {
+    // The addon's readText reads the whole table in one trip (what list() uses).
+    reads["one addon trip"] = () => native().readText("/proc/self/mountinfo");
   }
   const s = await alternate(n.listRounds, [
     { name: "list", run: () => timed(() => lib.list({ all: true })) },

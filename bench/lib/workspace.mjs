@@ -49,22 +49,28 @@ export class Workspace {
   }
 
   /**
-   * Runs the C baseline for `n` mount+umount cycles. Returns per-cycle ms: `total`, `mount`, `umount`, and
-   * in `fd` mode `phases` (validate, configure, create, attach, describe).
+   * Runs bench/c/ovl-cycle in `mode` for `n` mount+umount cycles. Returns per-cycle ms: `total`, `mount`,
+   * `umount`, and `phases`, one array per phase the program names in its header (in its order).
    */
   cCycle(mode, n, d) {
     const out = execFileSync(join(this.buildDir, "ovl-cycle"), [mode, String(n), d.lower, d.upper, d.work, d.target], {
       encoding: "utf8",
       maxBuffer: 1 << 26,
     });
-    const res = { total: [], mount: [], umount: [], phases: [[], [], [], [], []] };
+    const res = { total: [], mount: [], umount: [], phases: {} };
+    let names = [];
     for (const line of out.split("\n")) {
       if (!line) continue;
+      if (line.startsWith("#")) {
+        names = line.split(" ").slice(3); // "# mount umount <phases...>"
+        for (const k of names) res.phases[k] = [];
+        continue;
+      }
       const ns = line.split(" ").map(Number);
       res.mount.push(ns[0] / 1e6);
       res.umount.push(ns[1] / 1e6);
       res.total.push((ns[0] + ns[1]) / 1e6);
-      for (let k = 0; k < 5 && k + 2 < ns.length; k++) res.phases[k].push(ns[k + 2] / 1e6);
+      names.forEach((k, i) => res.phases[k].push(ns[i + 2] / 1e6));
     }
     if (res.total.length !== n) throw new Error(`ovl-cycle ${mode}: expected ${n} cycles, got ${res.total.length}`);
     return res;
