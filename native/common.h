@@ -25,7 +25,6 @@ struct SysError {
   int step = -1;             // index of the fsconfig step that failed, if any
   std::vector<std::string> messages;    // fs-context log ("e overlay: ..."), if any
   std::vector<std::string> kernel_log;  // overlay's lines in the kernel log written during the call
-  int changed_layer = -1;               // the verified layer whose path no longer named what was checked
   bool has_found_id = false;            // umountAt: the mount id found where the expected one was not
   uint64_t found_id = 0;
 };
@@ -182,7 +181,6 @@ inline Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
   if (e.step >= 0) o.Set("step", Napi::Number::New(env, e.step));
   o.Set("messages", StringsToArray(env, e.messages));
   o.Set("kernelLog", StringsToArray(env, e.kernel_log));
-  if (e.changed_layer >= 0) o.Set("changedLayer", Napi::Number::New(env, e.changed_layer));
   if (e.has_found_id) o.Set("foundMountId", Napi::Number::New(env, static_cast<double>(e.found_id)));
   return o;
 }

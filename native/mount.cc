@@ -371,109 +371,52 @@ Napi::Value OpenPaths(const Napi::CallbackInfo& info, bool sync) {
                   sync);
 }
 
-// --- checking, after the kernel resolved a path string itself, that it found what was checked --------------
-
-struct LayerCheck {
-  std::string path;
-  uint32_t dev_major = 0, dev_minor = 0;
-  uint64_t ino = 0;
-};
-
-bool ReadLayerChecks(Napi::Env env, Napi::Value v, std::vector<LayerCheck>* out) {
-  if (v.IsUndefined() || v.IsNull()) return true;
-  Napi::Array arr;
-  if (!CheckArray(env, v, "argument 'verify'", &arr)) return false;
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Array one;
-    Napi::Value item = arr.Get(i);
-    if (env.IsExceptionPending() || !CheckArray(env, item, "each check ([path, devMajor, devMinor, ino])", &one)) return false;
-    LayerCheck c;
-    uint64_t ma = 0, mi = 0;
-    if (!ValueToPath(env, one.Get(0u), "a check's path", &c.path) ||
-        !ValueToUint(env, one.Get(1u), "a check's devMajor", 4294967295.0, &ma) ||
-        !ValueToUint(env, one.Get(2u), "a check's devMinor", 4294967295.0, &mi) ||
-        !ValueToUint(env, one.Get(3u), "a check's ino", 18446744073709551615.0, &c.ino))
-      return false;
-    c.dev_major = static_cast<uint32_t>(ma);
-    c.dev_minor = static_cast<uint32_t>(mi);
-    out->push_back(std::move(c));
-  }
-  return true;
-}
-
-// The first check whose path now names another directory (or none): its index, or -1. errno is ESTALE for
-// another directory, or the lookup's own errno.
-int FirstChangedLayer(const std::vector<LayerCheck>& checks) {
-  for (size_t i = 0; i < checks.size(); i++) {
-    Facts f;
-    Fd fd(open(checks[i].path.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (fd.get() < 0 || !StatFd(fd.get(), "", AT_EMPTY_PATH, &f)) return static_cast<int>(i);
-    if (f.dev_major != checks[i].dev_major || f.dev_minor != checks[i].dev_minor || f.ino != checks[i].ino) {
-      errno = ESTALE;
-      return static_cast<int>(i);
-    }
-  }
-  return -1;
-}
-
 // --- mount(2), for kernels without the new API -------------------------------------------------------------
 
 class LegacyMountCall : public Call {
  public:
-  LegacyMountCall(std::string source, int target_fd, std::string target_path, std::string fstype, unsigned long flags,
-                  std::string data, bool has_data, std::vector<LayerCheck> verify)
-      : source_(std::move(source)), target_fd_(target_fd), target_path_(std::move(target_path)),
-        fstype_(std::move(fstype)), flags_(flags), data_(std::move(data)), has_data_(has_data),
-        verify_(std::move(verify)) {}
+  LegacyMountCall(std::string source, int target_fd, std::string fstype, unsigned long flags, std::string data,
+                  bool has_data)
+      : source_(std::move(source)), target_fd_(target_fd), fstype_(std::move(fstype)), flags_(flags),
+        data_(std::move(data)), has_data_(has_data) {}
 
   bool Run() override {
-    // The kernel is about to resolve the layer strings itself: each must still name what was checked (the
-    // check after the mount catches a swap in the microseconds between this one and the kernel's lookup).
-    if (!CheckLayers()) return false;
     KernelLog log;
     // The target by its fd: the directory that was checked, whatever its path names now.
     std::string target = FdPath(target_fd_);
     if (::mount(source_.c_str(), target.c_str(), fstype_.c_str(), flags_, has_data_ ? data_.c_str() : nullptr) != 0) {
-      Fail("mount", target_path_);
+      Fail("mount", target);
       log.ReadOverlayLines(&error_.kernel_log);
       return false;
     }
     log.ReadOverlayLines(&warnings_);
-    // The new mount, reached through the path the checked directory has now (a magic link does not cross
-    // into the mount on top of it; a path does).
+    // The new mount is reached through the target's parent and name: a magic link does not cross into the
+    // mount on top of the directory it holds, a name does. The target is a mount point now, so its name in
+    // that parent cannot change under us (the kernel refuses to rename a mount point).
     Facts below, top;
-    std::string now;
-    if (!FdRealpath(target_fd_, &now)) now = target_path_;
-    Fd fd(open(now.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (fd.get() < 0) return Fail("open", now);
+    if (!StatFd(target_fd_, "", AT_EMPTY_PATH, &below)) return Fail("statx", target);
+    std::string real;
+    if (!FdRealpath(target_fd_, &real)) return Fail("readlink", target);
+    Fd fd;
+    if (real == "/") {
+      fd.reset(open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+    } else {
+      Fd parent(openat(target_fd_, "..", O_PATH | O_DIRECTORY | O_CLOEXEC));
+      if (parent.get() < 0) return Fail("openat", target);
+      fd.reset(openat(parent.get(), real.substr(real.rfind('/') + 1).c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    }
+    if (fd.get() < 0) return Fail("openat", real);
     struct statfs sfs;
-    if (!StatFd(target_fd_, "", AT_EMPTY_PATH, &below) || !StatFd(fd.get(), "", AT_EMPTY_PATH, &top))
-      return Fail("statx", target_path_);
-    if (fstatfs(fd.get(), &sfs) != 0) return Fail("fstatfs", target_path_);
+    if (!StatFd(fd.get(), "", AT_EMPTY_PATH, &top)) return Fail("statx", real);
+    if (fstatfs(fd.get(), &sfs) != 0) return Fail("fstatfs", real);
     if (sfs.f_type != kOverlayMagic || !top.mount_root || top.mnt_id == below.mnt_id) {
       errno = ENOENT;  // something else covers the target by now: the new mount cannot be named
-      return Fail("statx", target_path_);
+      return Fail("statx", real);
     }
     mnt_id_ = top.mnt_id;
     unique_ = top.unique;
-    // The layer strings were resolved again by the kernel: check each is still what was checked.
-    if (!CheckLayers()) {
-      umount2(FdPath(fd.get()).c_str(), MNT_DETACH);  // the fd is the new mount's root: exactly it goes
-      return false;
-    }
     return true;
   }
-
- private:
-  bool CheckLayers() {
-    int changed = FirstChangedLayer(verify_);
-    if (changed < 0) return true;
-    Fail("open", verify_[changed].path);
-    error_.changed_layer = changed;
-    return false;
-  }
-
- public:
 
   Napi::Value Resolve(Napi::Env env) override {
     Napi::Object o = Napi::Object::New(env);
@@ -487,32 +430,34 @@ class LegacyMountCall : public Call {
  private:
   std::string source_;
   int target_fd_;
-  std::string target_path_, fstype_;
+  std::string fstype_;
   unsigned long flags_;
   std::string data_;
   bool has_data_;
-  std::vector<LayerCheck> verify_;
   uint64_t mnt_id_ = 0;
   bool unique_ = false;
   std::vector<std::string> warnings_;
 };
 
-// mount(source, targetFd, targetPath, fstype, flags, data|null, verify?) -> { mountId, unique, warnings }
+// mount(source, targetFd, fstype, flags, data|null) -> { mountId, unique, warnings }: mount(2) onto the
+// directory `targetFd` holds (through its /proc/self/fd link), then the new mount's id.
 Napi::Value LegacyMount(const Napi::CallbackInfo& info, bool sync) {
   Napi::Env env = info.Env();
-  std::string source, target_path, fstype, data;
+  std::string source, fstype, data;
   int target_fd = -1;
   uint64_t flags = 0;
   bool has_data = false;
-  std::vector<LayerCheck> verify;
   if (!ReadString(info, 0, "source", &source) || !ReadFd(env, Arg(info, 1), "argument 'targetFd'", &target_fd) ||
-      !ReadPath(info, 2, "targetPath", &target_path) || !ReadString(info, 3, "fstype", &fstype) ||
-      !ReadUint(info, 4, "flags", 4294967295.0, &flags) || !ReadOptionalString(info, 5, "data", &data, &has_data) ||
-      !ReadLayerChecks(env, Arg(info, 6), &verify))
+      !ReadString(info, 2, "fstype", &fstype) || !ReadUint(info, 3, "flags", 4294967295.0, &flags))
     return env.Undefined();
+  Napi::Value dv = Arg(info, 4);
+  if (!dv.IsNull() && !dv.IsUndefined()) {
+    if (!ValueToPath(env, dv, "argument 'data'", &data)) return env.Undefined();
+    has_data = true;
+  }
   return Dispatch(env,
-                  std::make_unique<LegacyMountCall>(source, target_fd, target_path, fstype,
-                                                    static_cast<unsigned long>(flags), data, has_data, std::move(verify)),
+                  std::make_unique<LegacyMountCall>(source, target_fd, fstype, static_cast<unsigned long>(flags), data,
+                                                    has_data),
                   sync);
 }
 
@@ -592,14 +537,11 @@ struct ConfigStep {
 class FsMountCall : public Call {
  public:
   FsMountCall(std::string fstype, std::vector<ConfigStep> steps, unsigned attr_flags, int target_fd, bool create,
-              size_t describe_hint, std::vector<LayerCheck> verify)
+              size_t describe_hint)
       : fstype_(std::move(fstype)), steps_(std::move(steps)), attr_flags_(attr_flags), target_fd_(target_fd),
-        create_(create), describe_hint_(describe_hint), verify_(std::move(verify)) {}
+        create_(create), describe_hint_(describe_hint) {}
 
   bool Run() override {
-    // Layer strings (the `string` strategy) are resolved by the kernel again: checked right before, and
-    // again after, while the mount is still detached.
-    if (!CheckLayers()) return false;
     KernelLog log;
     Fd fsfd(static_cast<int>(syscall(SYS_fsopen, fstype_.c_str(), kFsopenCloexec)));
     if (fsfd.get() < 0) return Fail("fsopen");  // nothing of overlay's ran: no log to read
@@ -629,9 +571,6 @@ class FsMountCall : public Call {
     if (!StatFd(mfd.get(), "", AT_EMPTY_PATH, &f)) return Fail("statx");
     mnt_id_ = f.mnt_id;
     unique_ = f.unique;
-    // Layers the kernel resolved from strings are checked while the mount is still detached: a mismatch
-    // drops it (closing the fsmount fd) before it was ever attached anywhere.
-    if (!CheckLayers()) return false;
     if (syscall(SYS_move_mount, mfd.get(), "", target_fd_, "", kMoveMountFEmptyPath | kMoveMountTEmptyPath) != 0)
       return Fail("move_mount");
     // Describe the new mount in this same trip; a kernel without statmount (ENOSYS) leaves it to the caller.
@@ -660,21 +599,12 @@ class FsMountCall : public Call {
     return false;
   }
 
-  bool CheckLayers() {
-    int changed = FirstChangedLayer(verify_);
-    if (changed < 0) return true;
-    Fail("open", verify_[changed].path);
-    error_.changed_layer = changed;
-    return false;
-  }
-
   std::string fstype_;
   std::vector<ConfigStep> steps_;
   unsigned attr_flags_;
   int target_fd_;
   bool create_;
   size_t describe_hint_;
-  std::vector<LayerCheck> verify_;
   uint64_t mnt_id_ = 0;
   bool unique_ = false;
   bool described_ = false;
@@ -682,11 +612,10 @@ class FsMountCall : public Call {
   std::vector<std::string> messages_, warnings_;
 };
 
-// fsMount(fstype, steps: [kind, key, value?][], attrFlags, targetFd|null, describeSizeHint?, verify?)
+// fsMount(fstype, steps: [kind, key, value?][], attrFlags, targetFd|null, describeSizeHint?)
 // A step's value is a string, or for kind 5 (FSCONFIG_SET_FD) an fd. The new mount is attached onto the
 // directory `targetFd` holds (move_mount MOVE_MOUNT_T_EMPTY_PATH). A describeSizeHint > 0 also returns its
-// statmount fields. `verify` ([path, devMajor, devMinor, ino][]) checks, before attaching, that each path
-// still names the directory checked. With targetFd null the context is configured and then dropped: a probe.
+// statmount fields. With targetFd null the context is configured and then dropped: a probe.
 Napi::Value FsMount(const Napi::CallbackInfo& info, bool sync) {
   Napi::Env env = info.Env();
   std::string fstype;
@@ -726,11 +655,9 @@ Napi::Value FsMount(const Napi::CallbackInfo& info, bool sync) {
   if (create && !ReadFd(env, tv, "argument 'targetFd'", &target_fd)) return env.Undefined();
   if (!Arg(info, 4).IsUndefined() && !ReadUint(info, 4, "describeSizeHint", 16777216.0, &describe))
     return env.Undefined();
-  std::vector<LayerCheck> verify;
-  if (!ReadLayerChecks(env, Arg(info, 5), &verify)) return env.Undefined();
   return Dispatch(env,
                   std::make_unique<FsMountCall>(fstype, std::move(steps), static_cast<unsigned>(attr), target_fd, create,
-                                                static_cast<size_t>(describe), std::move(verify)),
+                                                static_cast<size_t>(describe)),
                   sync);
 }
 

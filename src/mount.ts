@@ -5,15 +5,18 @@
  * Strategies, best first (see ../shared/overlayfs-notes.md):
  * - `fd`: fsopen + one `lowerdir+`/`datadir+`/`upperdir`/`workdir` per layer as an O_PATH fd (6.13+). No
  *   escaping, no length limit but the kernel's 500 layers.
- * - `string`: the same with path strings (6.8+): literal, but at most 255 bytes per value.
+ * - `string`: the same with path strings (6.8+), at most 255 bytes per value: each layer's magic link (below).
  * - `legacy`: mount(2) with one option string escaped as overlay parses it; at most one page (4095 bytes),
  *   refused rather than truncated.
  *
  * What is checked is what is mounted: every path is opened once, into an O_PATH fd, and the rules are checked
  * on facts read from those fds. `fd` hands the kernel those very fds; every strategy attaches the mount onto
- * the target's fd. `string` and `legacy` must give the kernel path strings, which it resolves again: they
- * verify afterwards (while the mount is still detached, for `string`) that each path still names the
- * directory checked, and drop the mount otherwise.
+ * the target's fd. `string` and `legacy` must give the kernel path strings, which it resolves again, so they
+ * give it each fd's magic link, `/proc/self/fd/N`, which resolves to exactly the directory the fd holds
+ * whatever its name now leads to. (A re-check of the real path before and after the mount was tried first:
+ * a process swapping names still won 8 to 18 of 200 races, and the kernel wipes `work/work` during the mount
+ * itself, before any check after it.) The price: the mount table shows those layers as `/proc/self/fd/N`;
+ * the result of mount() names them by their real paths.
  */
 import { closeSync } from "node:fs";
 import { constants } from "node:os";
@@ -24,7 +27,6 @@ import { parseMountInfo } from "./mountinfo.js";
 import {
   type FsConfigStep,
   FsConfigKind,
-  type LayerCheck,
   type NativeFailure,
   type Plan,
   type StatMountResult,
@@ -51,7 +53,6 @@ import {
 export type KernelStrategy = "fd" | "string" | "legacy";
 
 const { ENOSYS, ENOENT, ESTALE } = constants.errno;
-const FSCONFIG_STRING_MAX = 255;
 const MOUNT_DATA_MAX = 4095;
 
 let knownStrategy: KernelStrategy | undefined;
@@ -103,26 +104,24 @@ interface PlannedStep {
 }
 
 /** The layers in the order they are handed to the kernel, each with its fsconfig key. */
-function layerKeys(spec: CheckedSpec): [key: string, role: OpenedRole, literal: boolean][] {
+function layerKeys(spec: CheckedSpec): [key: string, role: OpenedRole][] {
   return [
-    ...spec.lowerDirs.map((r) => ["lowerdir+", r, true] as [string, OpenedRole, boolean]),
-    ...spec.dataDirs.map((r) => ["datadir+", r, true] as [string, OpenedRole, boolean]),
+    ...spec.lowerDirs.map((r): [string, OpenedRole] => ["lowerdir+", r]),
+    ...spec.dataDirs.map((r): [string, OpenedRole] => ["datadir+", r]),
     ...(spec.upperDir && spec.workDir
-      ? ([
-          ["upperdir", spec.upperDir, false],
-          ["workdir", spec.workDir, false],
-        ] as [string, OpenedRole, boolean][])
+      ? [
+          ["upperdir", spec.upperDir] as [string, OpenedRole],
+          ["workdir", spec.workDir] as [string, OpenedRole],
+        ]
       : []),
   ];
 }
 
 function fsConfigPlan(spec: CheckedSpec, byFd: boolean): PlannedStep[] {
   const plan: PlannedStep[] = [{ step: [FsConfigKind.String, "source", spec.source], label: "source" }];
-  for (const [key, role, literal] of layerKeys(spec)) {
+  for (const [key, role] of layerKeys(spec)) {
     plan.push({
-      step: byFd
-        ? [FsConfigKind.Fd, key, role.fd]
-        : [FsConfigKind.String, key, literal ? role.real : escapeUpperWorkPath(role.real)],
+      step: byFd ? [FsConfigKind.Fd, key, role.fd] : [FsConfigKind.String, key, magicLink(role)],
       role,
       label: role.label,
     });
@@ -138,10 +137,11 @@ function fsConfigPlan(spec: CheckedSpec, byFd: boolean): PlannedStep[] {
   return plan;
 }
 
-/** The first string value fsconfig() would refuse for length, if any. */
-function overlongValue(plan: PlannedStep[]): PlannedStep | undefined {
-  return plan.find((p) => p.step[0] === FsConfigKind.String && byteLength(String(p.step[2])) > FSCONFIG_STRING_MAX);
-}
+/**
+ * The path string a layer is handed to the kernel as by the `string` and `legacy` strategies: its fd's magic
+ * link, which the kernel resolves to exactly the directory that was checked (no escapes needed: digits only).
+ */
+const magicLink = (role: OpenedRole) => `/proc/self/fd/${role.fd}`;
 
 /** The mount(2) data string, escaped exactly as overlay's parser reads it back. */
 export function legacyMountData(spec: { lower: string[]; data: string[]; upper?: string; work?: string; options: OverlayOptions }): string {
@@ -153,14 +153,6 @@ export function legacyMountData(spec: { lower: string[]; data: string[]; upper?:
   }
   parts.push(...featureOptionStrings(spec.options));
   return parts.join(",");
-}
-
-/**
- * The strategies that hand the kernel path strings make it resolve each layer again: these checks make the
- * addon verify, once the kernel has, that every path still names the directory that was checked.
- */
-function layerChecks(spec: CheckedSpec): LayerCheck[] {
-  return layerKeys(spec).map(([, r]) => [r.real, r.facts.devMajor, r.facts.devMinor, r.facts.ino]);
 }
 
 const kernelSaidWhy = (f: NativeFailure) => f.messages?.length > 0 || (f.kernelLog?.length ?? 0) > 0;
@@ -186,31 +178,8 @@ interface NewMount {
   warnings: string[];
 }
 
-/** A layer that no longer named what was checked when the kernel resolved its path: nothing stays mounted. */
-function changedLayer(spec: CheckedSpec, f: NativeFailure): OverlayError {
-  const role = layerKeys(spec)[f.changedLayer!]?.[1];
-  const why = f.errno === ESTALE ? "now names a different directory" : `can no longer be opened (${describeErrno(f.errno).code})`;
-  return new OverlayError(
-    "ESTALE",
-    `${role?.label ?? "a layer"} '${role?.real ?? f.path}' ${why} than the one checked: it was replaced while mounting, ` +
-      "so the mount was dropped before anyone could use it",
-    { syscall: f.syscall, path: role?.path ?? f.path ?? spec.target, dest: spec.target, hint: "use the `fd` strategy (Linux 6.13+), which hands the kernel the checked directories themselves" },
-  );
-}
-
 function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
   const plan = fsConfigPlan(spec, byFd);
-  if (!byFd) {
-    const long = overlongValue(plan);
-    if (long) {
-      throw new OverlayError(
-        "ENAMETOOLONG",
-        `${long.label} '${long.role?.real ?? long.step[2]}' is ${byteLength(String(long.step[2]))} bytes; fsconfig() takes at most ` +
-          `${FSCONFIG_STRING_MAX} bytes per value`,
-        { syscall: "fsconfig", path: long.role?.path ?? spec.target, dest: spec.target, hint: "use the `fd` or `legacy` strategy" },
-      );
-    }
-  }
   try {
     const r = yield* nativeCall(
       "fsMount",
@@ -219,7 +188,6 @@ function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
       mountAttrFlags(spec.flags),
       spec.targetDir.fd,
       statmountSizeHint(spec),
-      byFd ? undefined : layerChecks(spec),
     );
     return {
       id: r.mountId!,
@@ -229,7 +197,6 @@ function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
     };
   } catch (e) {
     const f = e as NativeFailure;
-    if (f.changedLayer !== undefined) throw changedLayer(spec, f);
     const planned = f.step !== undefined ? plan[f.step] : undefined;
     throw fromNative(f, {
       path: planned?.role?.path ?? spec.target,
@@ -242,9 +209,9 @@ function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
 
 function* mountByLegacy(spec: CheckedSpec): Plan<NewMount> {
   const data = legacyMountData({
-    lower: spec.lowerDirs.map((r) => r.real),
-    data: spec.dataDirs.map((r) => r.real),
-    ...(spec.upperDir && spec.workDir ? { upper: spec.upperDir.real, work: spec.workDir.real } : {}),
+    lower: spec.lowerDirs.map(magicLink),
+    data: spec.dataDirs.map(magicLink),
+    ...(spec.upperDir && spec.workDir ? { upper: magicLink(spec.upperDir), work: magicLink(spec.workDir) } : {}),
     options: spec.options,
   });
   if (byteLength(data) > MOUNT_DATA_MAX) {
@@ -256,20 +223,10 @@ function* mountByLegacy(spec: CheckedSpec): Plan<NewMount> {
     );
   }
   try {
-    const r = yield* nativeCall(
-      "mount",
-      spec.source,
-      spec.targetDir.fd,
-      spec.targetDir.real,
-      "overlay",
-      legacyMountFlags(spec.flags),
-      data,
-      layerChecks(spec),
-    );
+    const r = yield* nativeCall("mount", spec.source, spec.targetDir.fd, "overlay", legacyMountFlags(spec.flags), data);
     return { id: r.mountId, unique: r.unique, warnings: r.warnings };
   } catch (e) {
     const f = e as NativeFailure;
-    if (f.changedLayer !== undefined) throw changedLayer(spec, f);
     throw fromNative(f, {
       path: spec.target,
       what: f.syscall === "mount" ? `mounting overlay on '${spec.target}'` : `finding the new mount on '${spec.targetDir.real}'`,
@@ -299,17 +256,17 @@ function* describe(made: NewMount, spec: CheckedSpec, strategy: KernelStrategy):
     }
   }
   const entry = toOverlayMount(info);
+  if (strategy !== "fd") {
+    // Passed as magic links, the table shows the layers as `/proc/self/fd/N`: name them by the real paths the
+    // kernel held for the fds when they were checked.
+    entry.lower = spec.lowerDirs.map((r) => r.real);
+    entry.data = spec.dataDirs.map((r) => r.real);
+  }
   if (spec.upperDir && spec.workDir) {
-    if (strategy === "fd") {
-      // Passed as fds, upperdir/workdir show as the kernel's own paths for them, literally (no escapes).
-      const literal = (key: string) => entry.superOptions.find((o) => o.startsWith(key))?.slice(key.length);
-      entry.upper = literal("upperdir=") ?? spec.upperDir.real;
-      entry.work = literal("workdir=") ?? spec.workDir.real;
-    } else if (strategy === "string") {
-      // Passed as strings they show as typed, with overlay's escapes: the paths ovl gave are the ones it checked.
-      entry.upper = spec.upperDir.real;
-      entry.work = spec.workDir.real;
-    }
+    // Passed as fds, upperdir/workdir show as the kernel's own paths for them, literally (no escapes).
+    const literal = (key: string) => entry.superOptions.find((o) => o.startsWith(key))?.slice(key.length);
+    entry.upper = strategy === "fd" ? (literal("upperdir=") ?? spec.upperDir.real) : spec.upperDir.real;
+    entry.work = strategy === "fd" ? (literal("workdir=") ?? spec.workDir.real) : spec.workDir.real;
   }
   return entry;
 }
@@ -531,7 +488,6 @@ function* mountPlan(spec: unknown): Plan<MountedOverlay> {
     if (checked.strategy !== "auto") strategy = checked.strategy;
     else {
       strategy = yield* strategyPlan(checked.targetDir.fd);
-      if (strategy === "string" && overlongValue(fsConfigPlan(checked, false))) strategy = "legacy";
     }
     const made = strategy === "legacy" ? yield* mountByLegacy(checked) : yield* mountByFsConfig(checked, strategy === "fd");
     try {

@@ -16,8 +16,6 @@ export interface NativeFailure {
   path?: string;
   /** fsMount: index of the step whose fsconfig() failed. */
   step?: number;
-  /** fsMount, mount: index of the `verify` entry whose path no longer named the directory checked. */
-  changedLayer?: number;
   /** The fs-context log, one message a line, as the kernel wrote it ("e overlay: ..."). */
   messages: string[];
   /**
@@ -44,9 +42,6 @@ export type FsConfigStep =
   | [kind: typeof FsConfigKind.Flag, key: string]
   | [kind: typeof FsConfigKind.String, key: string, value: PathArg]
   | [kind: typeof FsConfigKind.Fd, key: string, fd: number];
-
-/** A directory that must still be the one checked once the kernel resolved its path string itself. */
-export type LayerCheck = [path: PathArg, devMajor: number, devMinor: number, ino: bigint];
 
 export interface FsMountResult {
   /** The new mount's id: the unique 64-bit one when `unique`, else the reusable mountinfo id. */
@@ -173,31 +168,21 @@ export interface NativeCalls {
    */
   openPaths(paths: PathArg[], list?: number[], probes?: [index: number, rel: PathArg][], table?: string | null): OpenPathsResult;
   /**
-   * fsopen(fstype), each fsconfig() step in order, FSCONFIG_CMD_CREATE, fsmount(attrFlags), then (after the
-   * `verify` checks, while still detached) move_mount() onto the directory `targetFd` holds. With `targetFd`
-   * null it stops after the steps and drops the context (a probe). A `describeSizeHint` > 0 also runs
-   * statmount() on the new mount.
+   * fsopen(fstype), each fsconfig() step in order, FSCONFIG_CMD_CREATE, fsmount(attrFlags), then move_mount()
+   * onto the directory `targetFd` holds. With `targetFd` null it stops after the steps and drops the context
+   * (a probe). A `describeSizeHint` > 0 also runs statmount() on the new mount.
    */
-  fsMount(
-    fstype: string,
-    steps: FsConfigStep[],
-    attrFlags: number,
-    targetFd: number | null,
-    describeSizeHint?: number,
-    verify?: LayerCheck[],
-  ): FsMountResult;
+  fsMount(fstype: string, steps: FsConfigStep[], attrFlags: number, targetFd: number | null, describeSizeHint?: number): FsMountResult;
   /**
-   * mount(2) onto the directory `targetFd` holds; then the new mount is found through `targetPath` and each
-   * `verify` path checked (the mount is detached again on a mismatch). `data` null passes no data page.
+   * mount(2) onto the directory `targetFd` holds (through its /proc/self/fd link); the new mount is then found
+   * through the target's parent and name, for its id. `data` null passes no data page.
    */
   mount(
     source: string,
     targetFd: number,
-    targetPath: PathArg,
     fstype: string,
     flags: number,
-    data: string | null,
-    verify?: LayerCheck[],
+    data: PathArg | null,
   ): { mountId: number; unique: boolean; messages: string[]; warnings: string[] };
   /** umount2(2) of a path. */
   umount(target: PathArg, flags: number): void;
