@@ -367,27 +367,29 @@ function* umountByIdPlan(id: number, target: string, o: UmountOptions, ifGone: "
       return f;
     }
   };
-  const first = yield* tryAt(target);
-  if (!first) return;
-  // Not on `target`: gone, moved, or covered by another mount.
-  let now: StatMountResult;
-  try {
-    now = yield* nativeCall("statMount", id, 256 + byteLength(target));
-  } catch (e) {
-    if ((e as NativeFailure).errno !== ENOENT) throw fromNative(e as NativeFailure, { path: target });
-    if (ifGone === "ok") return;
-    throw new OverlayError("EINVAL", `the overlay once mounted at '${target}' (mount id ${id}) is no longer mounted`, {
-      syscall: "umount2",
-      path: target,
-    });
+  // Not on the path (gone, moved, covered, or a name on the way is being swapped): ask the kernel where the
+  // mount is and try there; a few times, since a swapped name holds still only between swaps.
+  let last: NativeFailure | undefined;
+  let where = target;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    last = yield* tryAt(where);
+    if (!last) return;
+    let now: StatMountResult;
+    try {
+      now = yield* nativeCall("statMount", id, 256 + byteLength(target));
+    } catch (e) {
+      if ((e as NativeFailure).errno !== ENOENT) throw fromNative(e as NativeFailure, { path: target });
+      if (ifGone === "ok") return;
+      throw new OverlayError("EINVAL", `the overlay once mounted at '${target}' (mount id ${id}) is no longer mounted`, {
+        syscall: "umount2",
+        path: target,
+      });
+    }
+    where = now.point ?? target;
   }
-  if (now.point !== undefined && now.point !== target) {
-    if (!(yield* tryAt(now.point))) return;
-  }
-  const where = now.point ?? target;
   throw new OverlayError(
     "EBUSY",
-    `another mount now covers '${where}' (mount id ${first.foundMountId || "unknown"}), or the path leads elsewhere; ` +
+    `another mount now covers '${where}' (mount id ${last?.foundMountId || "unknown"}), or the path leads elsewhere; ` +
       `not unmounting it in place of this overlay (mount id ${id})`,
     { syscall: "umount2", path: where, hint: `unmount what covers '${where}' first` },
   );
