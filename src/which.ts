@@ -243,6 +243,15 @@ export async function overlayServing(dir: string, path = dir): Promise<OverlayMo
 function checkLayersReadable(m: OverlayMount): void {
   const layers = [...(m.upper !== undefined ? [m.upper] : []), ...m.lower, ...m.data];
   for (const layer of layers) {
+    if (/^\/proc\/(self|thread-self|\d+)\/fd\//.test(layer)) {
+      // ovl's `string` and `legacy` strategies (kernels before 6.13) hand layers over as the mounting process's
+      // magic links: here the same text would name one of *this* process's fds.
+      throw new OverlayError(
+        "EINVAL",
+        `the mount table names layer '${layer}' by a file descriptor of the process that mounted it, which cannot be found from here`,
+        { syscall: "open", path: layer, dest: m.target, hint: "pass the layers themselves: diff({ upper, lower }), or mount with the `fd` strategy (Linux 6.13+)" },
+      );
+    }
     if (!isAbsolute(layer)) {
       throw new OverlayError("EINVAL", `the mount table gives layer '${layer}' as a relative path, which cannot be found from here`, {
         syscall: "open",

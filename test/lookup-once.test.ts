@@ -100,6 +100,18 @@ describe("a path swapped between the check and the mount", () => {
     });
   }
 
+  it("diff() and which() of an overlay whose table names layers as magic links refuse, never reading this process's fds", async () => {
+    const L = layout();
+    writeFileSync(`${L.merged}.txt`, "");
+    const m = await overlay.mount({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged, strategy: "legacy" });
+    writeFileSync(`${L.merged}/new`, "x");
+    for (const call of [() => overlay.diff(L.merged), () => overlay.which(`${L.merged}/checked`)]) {
+      await expect(call()).rejects.toMatchObject({ code: "EINVAL", message: expect.stringMatching(/by a file descriptor of the process that mounted it/) });
+    }
+    expect(await overlay.diff({ upper: m.upper!, lower: m.lower })).toEqual([{ path: "/new", change: "A" }]);
+    await m.unmount();
+  });
+
   it("a symlinked target is followed the same way under every strategy", async () => {
     const L = layout();
     const link = s.path("link");
