@@ -167,6 +167,15 @@ inline void DrainFsLog(int fsfd, std::vector<std::string>* out) {
   errno = saved;
 }
 
+// Bytes as a JavaScript string of one character per byte (latin1): how ovl's TypeScript holds paths, so that
+// every byte survives (a UTF-8 decode would turn the bytes of an invalid name into U+FFFD).
+inline Napi::String Latin1(Napi::Env env, const char* data, size_t len) {
+  napi_value v;
+  napi_create_string_latin1(env, data, len, &v);
+  return Napi::String(env, v);
+}
+inline Napi::String Latin1(Napi::Env env, const std::string& s) { return Latin1(env, s.data(), s.size()); }
+
 inline Napi::Array StringsToArray(Napi::Env env, const std::vector<std::string>& v) {
   Napi::Array a = Napi::Array::New(env, v.size());
   for (size_t i = 0; i < v.size(); i++) a.Set(i, Napi::String::New(env, v[i]));

@@ -172,7 +172,7 @@ void SetListing(Napi::Env env, Napi::Object o, const Listing& l) {
   o.Set("entryCount", Napi::Number::New(env, static_cast<double>(l.count)));
   Napi::Array names = Napi::Array::New(env, l.names.size());
   for (size_t k = 0; k < l.names.size(); k++)
-    names.Set(k, Napi::Buffer<char>::Copy(env, l.names[k].data(), l.names[k].size()));
+    names.Set(k, Latin1(env, l.names[k]));
   o.Set("entries", names);
 }
 
@@ -282,7 +282,7 @@ class OpenPathsCall : public Call {
       } else {
         o.Set("fd", Napi::Number::New(env, p.fd));
         p.fd = -1;  // JavaScript owns it now
-        o.Set("realpath", Napi::Buffer<char>::Copy(env, p.real.data(), p.real.size()));
+        o.Set("realpath", Latin1(env, p.real));
         SetFacts(env, o, p.facts);
         SetListing(env, o, p.listing);
       }
@@ -302,7 +302,7 @@ class OpenPathsCall : public Call {
       probes.Set(i, o);
     }
     out.Set("probes", probes);
-    if (table_ok_) out.Set("table", Napi::String::New(env, table_));
+    if (table_ok_) out.Set("table", Latin1(env, table_));
     return out;
   }
 
@@ -317,9 +317,9 @@ class OpenPathsCall : public Call {
 };
 
 // openPaths(paths: (string|Buffer)[], list: number[], probes: [index, relPath][], table: string|null)
-//   -> { paths: Array<{ fd, realpath: Buffer, mode, uid, gid, nlink, devMajor, devMinor, ino: bigint, mountId,
-//        uniqueMountId, mountRoot, entryCount?, entries?: Buffer[], listErrno? } | { errno, syscall, notDirectory? }>,
-//        probes: Array<facts | { errno }>, table?: string }
+//   -> { paths: Array<{ fd, realpath, mode, uid, gid, nlink, devMajor, devMinor, ino: bigint, mountId,
+//        uniqueMountId, mountRoot, entryCount?, entries?, listErrno? } | { errno, syscall, notDirectory? }>,
+//        probes: Array<facts | { errno }>, table? }   (realpath, entries and table as latin1 byte strings)
 // Each path is opened once (O_PATH|O_DIRECTORY|O_CLOEXEC); the fds are the caller's to use and close. `list`
 // names paths whose directories are read through their fd; each probe is a name below an opened path.
 // `table` names a file (the mount table) read whole in the same trip.

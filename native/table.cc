@@ -106,7 +106,7 @@ Napi::Object StatMountToObject(Napi::Env env, const std::vector<char>& buf) {
   const size_t str_room = buf.size() - sizeof(StatMountBuf);
   auto str_at = [&](uint32_t off) -> Napi::Value {
     if (off >= str_room) return env.Undefined();
-    return Napi::String::New(env, strs + off, strnlen(strs + off, str_room - off));
+    return Latin1(env, strs + off, strnlen(strs + off, str_room - off));
   };
   Napi::Object o = Napi::Object::New(env);
   o.Set("mask", Napi::Number::New(env, static_cast<double>(sm->mask)));
@@ -132,7 +132,7 @@ Napi::Object StatMountToObject(Napi::Env env, const std::vector<char>& buf) {
     size_t off = sm->opt_array;
     for (uint32_t i = 0; i < sm->opt_num && off < str_room; i++) {
       size_t len = strnlen(strs + off, str_room - off);
-      opts.Set(i, Napi::String::New(env, strs + off, len));
+      opts.Set(i, Latin1(env, strs + off, len));
       off += len + 1;
     }
     o.Set("options", opts);
@@ -187,24 +187,29 @@ bool ReadWhole(int fd, const std::string& path, std::string* out, SysError* erro
 
 class ReadTextCall : public Call {
  public:
-  explicit ReadTextCall(std::string path) : path_(std::move(path)) {}
+  ReadTextCall(std::string path, bool bytes) : path_(std::move(path)), bytes_(bytes) {}
   bool Run() override {
     Fd fd(open(path_.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) return Fail("open", path_);
     return ReadWhole(fd.get(), path_, &text_, &error_);
   }
-  Napi::Value Resolve(Napi::Env env) override { return Napi::String::New(env, text_); }
+  Napi::Value Resolve(Napi::Env env) override {
+    return bytes_ ? Latin1(env, text_) : Napi::String::New(env, text_);
+  }
 
  private:
   std::string path_;
+  bool bytes_;
   std::string text_;
 };
 
-// readText(path): the whole file as UTF-8 text, opened, read and closed in one trip to the thread pool.
+// readText(path, bytes?): the whole file, opened, read and closed in one trip to the thread pool: as UTF-8
+// text, or with `bytes` as a latin1 byte string (one character per byte, every byte kept).
 Napi::Value ReadText(const Napi::CallbackInfo& info, bool sync) {
   std::string path;
   if (!ReadPath(info, 0, "path", &path)) return info.Env().Undefined();
-  return Dispatch(info.Env(), std::make_unique<ReadTextCall>(path), sync);
+  bool bytes = Arg(info, 1).IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  return Dispatch(info.Env(), std::make_unique<ReadTextCall>(path, bytes), sync);
 }
 
 // --- watching the mount table: EPOLLPRI on an open mountinfo file, in libuv's own event loop --------------
@@ -406,7 +411,7 @@ void WatchReadWorker::OnOK() {
     return;
   }
   if (opened_here_) st.StartPolling();
-  deferred_.Resolve(Napi::String::New(env, text_));
+  deferred_.Resolve(Latin1(env, text_));  // a byte string: every byte of the table kept
 }
 
 class MountWatcher : public Napi::ObjectWrap<MountWatcher> {

@@ -169,7 +169,7 @@ void FillStat(const struct stat& st, EntryFacts* f) {
 
 Napi::Object EntryToObject(Napi::Env env, const EntryFacts& f, bool with_name) {
   Napi::Object o = Napi::Object::New(env);
-  if (with_name) o.Set("name", Napi::String::New(env, f.name));
+  if (with_name) o.Set("name", Latin1(env, f.name));  // the exact bytes, one character each
   if (f.err != 0) {
     o.Set("errno", Napi::Number::New(env, f.err));
     o.Set("syscall", Napi::String::New(env, f.syscall));

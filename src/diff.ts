@@ -4,9 +4,18 @@
  * what the lower layers showed at that path before (following overlay's own lookup rules).
  */
 import { realpath } from "node:fs/promises";
-import { resolve } from "node:path";
+import {
+  type PathEncoding,
+  type PathLike,
+  bytesOf,
+  checkEncoding,
+  checkPathLike,
+  decodeBytes,
+  encodeOut,
+  toBuffer,
+} from "./bytes.js";
+import { absoluteBytes } from "./table.js";
 import { OverlayError, invalidArgType, invalidArgValue } from "./errors.js";
-import { checkPathArg } from "./validate.js";
 import { LowerLayers, overlayServing, type LowerDir } from "./which.js";
 import {
   LayerReader,
@@ -21,8 +30,8 @@ import {
 } from "./xattr.js";
 
 /** One change, its path from the overlay's root (`/a/b`). */
-export interface Change {
-  path: string;
+export interface Change<P extends string | Buffer = string> {
+  path: P;
   /** Added, Changed, or Deleted. */
   change: "A" | "C" | "D";
   /**
@@ -33,14 +42,14 @@ export interface Change {
   /** A metadata-only copy (`metacopy=on`): mode, owner or times changed, the data is still the lower one. */
   metadataOnly?: true;
   /** A renamed (redirected) entry: the path it had, which is reported `D`. */
-  renamedFrom?: string;
+  renamedFrom?: P;
 }
 
 /** Layers that need not be mounted. */
 export interface DiffLayers {
-  upper: string;
+  upper: PathLike;
   /** Lower layers, top-most first. One string is one layer. */
-  lower: string[] | string;
+  lower: PathLike[] | PathLike;
   /** Overlay's xattrs are `user.overlay.*` (layers of a `userxattr` mount), not `trusted.overlay.*`. */
   userxattr?: boolean;
 }
@@ -65,42 +74,44 @@ interface DirToVisit {
   merges: boolean;
 }
 
-const byteOrder = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+/** Byte strings sort in byte order as they are (one character per byte). */
+const byteOrder = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
 
 async function checkLayers(spec: unknown): Promise<Layers> {
-  if (typeof spec !== "object" || spec === null || Array.isArray(spec)) {
+  if (typeof spec !== "object" || spec === null || Array.isArray(spec) || spec instanceof Uint8Array) {
     throw invalidArgType("layers", "of type string or object", spec);
   }
   const o = spec as Partial<DiffLayers>;
-  checkPathArg(o.upper, "layers.upper");
-  const lower = typeof o.lower === "string" ? [o.lower] : o.lower;
+  const upper = checkPathLike(o.upper, "layers.upper");
+  const lower = typeof o.lower === "string" || o.lower instanceof Uint8Array ? [o.lower] : o.lower;
   if (!Array.isArray(lower)) throw invalidArgType("layers.lower", "of type string or an array of strings", o.lower);
   if (lower.length === 0) throw invalidArgValue("layers.lower", lower, "must name at least one lower layer");
-  lower.forEach((l, i) => checkPathArg(l, `layers.lower[${i}]`));
+  const lowerBytes = lower.map((l, i) => checkPathLike(l, `layers.lower[${i}]`));
   if (o.userxattr !== undefined && typeof o.userxattr !== "boolean") {
     throw invalidArgType("layers.userxattr", "of type boolean", o.userxattr);
   }
-  return { upper: o.upper!, lower: lower as string[], userxattr: o.userxattr ?? false };
+  return { upper, lower: lowerBytes, userxattr: o.userxattr ?? false };
 }
 
-/** The layers of the overlay mounted at `target` (which must be its mount point). */
-async function mountedLayers(target: string): Promise<Layers | undefined> {
-  checkPathArg(target, "target");
-  const abs = resolve(target);
+/** The layers of the overlay mounted at `target` (which must be its mount point), as byte strings. */
+async function mountedLayers(target: unknown): Promise<Layers | undefined> {
+  const abs = absoluteBytes(checkPathLike(target, "target"));
+  const shown = decodeBytes(abs);
   let real: string;
   try {
-    real = await realpath(abs);
+    real = bytesOf(await realpath(toBuffer(abs), { encoding: "buffer" }));
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code !== "ENOENT" && err.code !== "ENOTDIR") throw e;
-    throw new OverlayError(err.code, "no such mount point", { syscall: "realpath", path: abs });
+    throw new OverlayError(err.code, "no such mount point", { syscall: "realpath", path: shown });
   }
   const m = await overlayServing(real, abs);
   if (m.target !== real || m.root !== "/") {
-    throw new OverlayError("EINVAL", `not the mount point of an overlay (it is inside the overlay at ${m.target})`, {
+    const mt = decodeBytes(m.target);
+    throw new OverlayError("EINVAL", `not the mount point of an overlay (it is inside the overlay at ${mt})`, {
       syscall: "statx",
-      path: abs,
-      hint: `pass the mount point, ${m.target}`,
+      path: shown,
+      hint: `pass the mount point, ${mt}`,
     });
   }
   if (m.upper === undefined) return undefined; // a read-only overlay changes nothing
@@ -121,12 +132,23 @@ function lowerListing(reader: LayerReader, lowers: LowerLayers, base: LowerDir[]
   return shown;
 }
 
+/** Options of diff(). */
+export interface DiffOptions {
+  /** Paths as strings (`"utf8"`, the default; undecodable bytes as U+DC80-U+DCFF) or Buffers (`"buffer"`). */
+  encoding?: PathEncoding;
+}
+
 /**
  * What changed in an overlay's upper layer, sorted by path (byte order): `diff("/merged")` for a mounted
- * overlay, `diff({ upper, lower })` for layers that are not mounted.
+ * overlay, `diff({ upper, lower })` for layers that are not mounted. Paths in and out may be Buffers.
  */
-export async function diff(target: string | DiffLayers): Promise<Change[]> {
-  const layers = typeof target === "string" ? await mountedLayers(target) : await checkLayers(target);
+export async function diff(target: PathLike | DiffLayers, options?: DiffOptions & { encoding?: "utf8" }): Promise<Change[]>;
+export async function diff(target: PathLike | DiffLayers, options: DiffOptions & { encoding: "buffer" }): Promise<Change<Buffer>[]>;
+export async function diff(target: PathLike | DiffLayers, options?: DiffOptions): Promise<Change<string | Buffer>[]> {
+  if (options !== undefined && (typeof options !== "object" || options === null)) throw invalidArgType("options", "of type object", options);
+  const encoding = checkEncoding(options?.encoding);
+  const layers =
+    typeof target === "string" || target instanceof Uint8Array ? await mountedLayers(target) : await checkLayers(target);
   if (!layers) return [];
   const prefix = overlayXattrPrefix(layers.userxattr);
   checkXattrAccess(prefix, layers.upper);
@@ -136,7 +158,12 @@ export async function diff(target: string | DiffLayers): Promise<Change[]> {
     ...layers.lower.map((l, i) => ({ path: l, role: `lower layer ${i + 1}` })),
   ]);
   try {
-    return await walkUpper(new LayerReader(prefix, roots), layers.lower.length);
+    const changes = await walkUpper(new LayerReader(prefix, roots), layers.lower.length);
+    return changes.map((c) => ({
+      ...c,
+      path: encodeOut(c.path, encoding),
+      ...(c.renamedFrom !== undefined ? { renamedFrom: encodeOut(c.renamedFrom, encoding) } : {}),
+    }));
   } finally {
     closeLayerRoots(roots);
   }

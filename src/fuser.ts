@@ -10,27 +10,27 @@
  * (root), confirmed by mount id.
  */
 import { readFile, readdir, readlink, stat } from "node:fs/promises";
-import { resolve } from "node:path";
-import { OverlayError, describeErrno } from "./errors.js";
+import { type PathEncoding, type PathLike, bytesOf, checkEncoding, checkPathLike, decodeBytes, encodeOut, nativePath } from "./bytes.js";
+import { OverlayError, describeErrno, invalidArgType } from "./errors.js";
+import { mountInfoOut } from "./mountinfo.js";
 import { native, type NativeFailure } from "./native.js";
-import { list } from "./table.js";
+import { absoluteBytes, listBytes } from "./table.js";
 import type { MountInfo } from "./types.js";
-import { checkPathArg } from "./validate.js";
 
 /** How a process holds a mount, in fuser's terms. */
 export type HolderUse = "cwd" | "root" | "exe" | "open" | "map";
 
 /** One file (or directory) by which a process holds the mount. */
-export interface HeldFile {
+export interface HeldFile<P extends string | Buffer = string> {
   use: HolderUse;
   /** The path as the kernel prints it for that process (relative to the process's root). */
-  path: string;
+  path: P;
   /** The file descriptor, for `open`. */
   fd?: number;
 }
 
 /** A process that holds the mount. */
-export interface Holder {
+export interface Holder<P extends string | Buffer = string> {
   pid: number;
   /** The process's command name (/proc/PID/comm, at most 15 characters). */
   command: string;
@@ -39,11 +39,17 @@ export interface Holder {
   /** How it holds the mount, each use once, in the order cwd, root, exe, open, map. */
   uses: HolderUse[];
   /** Every file by which it holds the mount. */
-  files: HeldFile[];
+  files: HeldFile<P>[];
 }
 
 /** The holders, by pid; `uninspected` lists the pids whose files could not be read (other users', as non-root). */
-export type HolderList = Holder[] & { uninspected: number[]; mount: MountInfo };
+export type HolderList<P extends string | Buffer = string> = Holder<P>[] & { uninspected: number[]; mount: MountInfo<P> };
+
+/** Options of findHolders(). */
+export interface FindHoldersOptions {
+  /** Paths as strings (`"utf8"`, the default; undecodable bytes as U+DC80-U+DCFF) or Buffers (`"buffer"`). */
+  encoding?: PathEncoding;
+}
 
 const USE_ORDER: readonly HolderUse[] = ["cwd", "root", "exe", "open", "map"];
 /** How many processes are read at once. */
@@ -80,7 +86,7 @@ async function mountIdOf(path: string, denied: { value: boolean }): Promise<numb
 /** The text of a /proc link, or undefined when it is gone (the descriptor was closed meanwhile). */
 async function linkText(path: string): Promise<string | undefined> {
   try {
-    return await readlink(path);
+    return bytesOf(await readlink(path, { encoding: "buffer" })); // the exact bytes
   } catch {
     return undefined;
   }
@@ -91,7 +97,7 @@ const MAPS_LINE = /^([0-9a-f]+-[0-9a-f]+) \S+ \S+ ([0-9a-f]+):([0-9a-f]+) (\d+) 
 async function scanMaps(pid: number, wanted: Wanted, denied: { value: boolean }): Promise<HeldFile[]> {
   let text: string;
   try {
-    text = await readFile(`/proc/${pid}/maps`, "utf8");
+    text = bytesOf(await readFile(`/proc/${pid}/maps`));
   } catch (e) {
     if (DENIED.has(errnoOf(e) ?? "")) denied.value = true;
     return [];
@@ -191,24 +197,29 @@ async function inBatches<T, R>(items: T[], size: number, fn: (item: T) => Promis
  * are found: a mount can also be kept busy by the mounts below it (`submountsOf`), a loop
  * device or a swap file.
  */
-export async function findHolders(target: string): Promise<HolderList> {
-  const path = resolve(checkPathArg(target, "target"));
+export async function findHolders(target: PathLike, options?: FindHoldersOptions & { encoding?: "utf8" }): Promise<HolderList>;
+export async function findHolders(target: PathLike, options: FindHoldersOptions & { encoding: "buffer" }): Promise<HolderList<Buffer>>;
+export async function findHolders(target: PathLike, options?: FindHoldersOptions): Promise<HolderList<string | Buffer>> {
+  if (options !== undefined && (typeof options !== "object" || options === null)) throw invalidArgType("options", "of type object", options);
+  const encoding = checkEncoding(options?.encoding);
+  const path = absoluteBytes(checkPathLike(target, "target"));
+  const shown = decodeBytes(path);
   let rootId: number;
   try {
-    rootId = (await native().mountId(path, false)).mountId;
+    rootId = (await native().mountId(nativePath(path), false)).mountId;
   } catch (e) {
     const failure = e as NativeFailure;
     if (typeof failure?.errno !== "number") throw e;
     const { code, description } = describeErrno(failure.errno);
-    throw new OverlayError(code, description.charAt(0).toLowerCase() + description.slice(1), { syscall: "statx", path });
+    throw new OverlayError(code, description.charAt(0).toLowerCase() + description.slice(1), { syscall: "statx", path: shown });
   }
-  const mounts = await list({ all: true });
+  const mounts = await listBytes({ all: true });
   const below = unmountOrder(mounts, rootId);
   const mount = below.find((m) => m.id === rootId);
   if (!mount) {
-    throw new OverlayError("ENOENT", `the mount of '${path}' (id ${rootId}) is not in this mount namespace's table`, {
+    throw new OverlayError("ENOENT", `the mount of '${shown}' (id ${rootId}) is not in this mount namespace's table`, {
       syscall: "statx",
-      path,
+      path: shown,
     });
   }
   const wanted: Wanted = {
@@ -225,19 +236,24 @@ export async function findHolders(target: string): Promise<HolderList> {
   const self = await scanProcess(process.pid, wanted, uninspected);
   const others = pids.filter((pid) => pid !== process.pid);
   const found = await inBatches(others, CONCURRENCY, (pid) => scanProcess(pid, wanted, uninspected));
-  const holders = [self, ...found].filter((h): h is Holder => h !== undefined).sort((a, b) => a.pid - b.pid) as HolderList;
+  const holders = [self, ...found]
+    .filter((h): h is Holder => h !== undefined)
+    .sort((a, b) => a.pid - b.pid)
+    .map((h) => ({ ...h, files: h.files.map((f) => ({ ...f, path: encodeOut(f.path, encoding) })) })) as HolderList<string | Buffer>;
   Object.defineProperty(holders, "uninspected", { value: uninspected.sort((a, b) => a - b), enumerable: false });
-  Object.defineProperty(holders, "mount", { value: mount, enumerable: false });
+  Object.defineProperty(holders, "mount", { value: mountInfoOut(mount, encoding), enumerable: false });
   return holders;
 }
 
 /** The mounts strictly below the mount at `target` in this mount namespace, deepest (and last mounted) first. */
-export async function submountsOf(target: string): Promise<MountInfo[]> {
-  const path = resolve(checkPathArg(target, "target"));
-  const rootId = (await native().mountId(path, false).catch(() => undefined))?.mountId;
+export async function submountsOf(target: PathLike): Promise<MountInfo[]> {
+  const path = absoluteBytes(checkPathLike(target, "target"));
+  const rootId = (await native().mountId(nativePath(path), false).catch(() => undefined))?.mountId;
   if (rootId === undefined) return [];
-  const mounts = await list({ all: true });
-  return unmountOrder(mounts, rootId).filter((m) => m.id !== rootId);
+  const mounts = await listBytes({ all: true });
+  return unmountOrder(mounts, rootId)
+    .filter((m) => m.id !== rootId)
+    .map((m) => mountInfoOut(m, "utf8"));
 }
 
 /**

@@ -4,11 +4,13 @@
  *   import * as overlay from "ovl";
  *   await using m = await overlay.mount({ lower: ["/l1", "/l2"], upper: "/u", work: "/w", target: "/mnt" });
  */
+import type { PathLike } from "./bytes.js";
 import { invalidArgType } from "./errors.js";
 import { MountedOverlay, mountOverlay, mountOverlaySync } from "./mount.js";
 import type { MountSpec } from "./validate.js";
 
 export { OverlayError } from "./errors.js";
+export { bufferToPath, pathToBuffer, type PathEncoding, type PathLike } from "./bytes.js";
 export type { MountFlags } from "./flags.js";
 export { kernelStrategy, MountedOverlay, umount, umountSync, type KernelStrategy, type UmountOptions } from "./mount.js";
 export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoOptions, type ParseMountInfoResult } from "./mountinfo.js";
@@ -33,10 +35,10 @@ export type MountRest = Omit<MountSpec, "lower" | "upper" | "work" | "target">;
  */
 export function mount(spec: MountSpec): Promise<MountedOverlay>;
 export function mount(
-  lower: string | string[],
-  upper: string | undefined,
-  work: string | undefined,
-  target: string,
+  lower: PathLike | PathLike[],
+  upper: PathLike | undefined,
+  work: PathLike | undefined,
+  target: PathLike,
   rest?: MountRest,
 ): Promise<MountedOverlay>;
 export async function mount(...args: unknown[]): Promise<MountedOverlay> {
@@ -49,10 +51,10 @@ export async function mount(...args: unknown[]): Promise<MountedOverlay> {
  */
 export function mountSync(spec: MountSpec): MountedOverlay;
 export function mountSync(
-  lower: string | string[],
-  upper: string | undefined,
-  work: string | undefined,
-  target: string,
+  lower: PathLike | PathLike[],
+  upper: PathLike | undefined,
+  work: PathLike | undefined,
+  target: PathLike,
   rest?: MountRest,
 ): MountedOverlay;
 export function mountSync(...args: unknown[]): MountedOverlay {
@@ -66,9 +68,9 @@ function specOf(args: unknown[]): MountSpec {
   if (rest !== undefined && (typeof rest !== "object" || rest === null)) throw invalidArgType("rest", "of type object", rest);
   return {
     ...(rest as MountRest | undefined),
-    lower: lower as string[],
-    ...(upper !== undefined ? { upper: upper as string } : {}),
-    ...(work !== undefined ? { work: work as string } : {}),
-    target: target as string,
+    lower: lower as PathLike[],
+    ...(upper !== undefined ? { upper: upper as PathLike } : {}),
+    ...(work !== undefined ? { work: work as PathLike } : {}),
+    target: target as PathLike,
   };
 }

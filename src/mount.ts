@@ -23,7 +23,9 @@ import { constants } from "node:os";
 import { basename, dirname, resolve } from "node:path";
 import { OverlayError, describeErrno, fromNative, invalidArgType } from "./errors.js";
 import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.js";
-import { parseMountInfo } from "./mountinfo.js";
+import { type PathLike, checkPathLike, decodeBytes, nativePath, pathBytes } from "./bytes.js";
+import { mountInfoOut, parseMountInfoBytes } from "./mountinfo.js";
+import { OVERLAY_PATHS } from "./table.js";
 import {
   type FsConfigStep,
   FsConfigKind,
@@ -45,7 +47,6 @@ import {
   type OpenedRole,
   type ShapedSpec,
   checkOpened,
-  checkPathArg,
   checkSpecShape,
   openRequest,
 } from "./validate.js";
@@ -94,7 +95,19 @@ export async function kernelStrategy(): Promise<KernelStrategy> {
   }
 }
 
-const byteLength = (s: string) => Buffer.byteLength(s, "utf8");
+/** Bytes of a byte string (one character per byte). */
+const byteLength = (b: string) => b.length;
+
+/** fromNative() with a context built from byte strings, shown as UTF-8. */
+function nativeError(f: NativeFailure, ctx: { path?: string; dest?: string; what?: string; hints?: Record<string, string> }): OverlayError {
+  return fromNative(f, {
+    ...ctx,
+    ...(ctx.path !== undefined ? { path: decodeBytes(ctx.path) } : {}),
+    ...(ctx.dest !== undefined ? { dest: decodeBytes(ctx.dest) } : {}),
+    ...(ctx.what !== undefined ? { what: decodeBytes(ctx.what) } : {}),
+  });
+}
+
 
 /** A step of the plan and the layer (if any) it is about, to name it when the kernel refuses it. */
 interface PlannedStep {
@@ -198,7 +211,7 @@ function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
   } catch (e) {
     const f = e as NativeFailure;
     const planned = f.step !== undefined ? plan[f.step] : undefined;
-    throw fromNative(f, {
+    throw nativeError(f, {
       path: planned?.role?.path ?? spec.target,
       dest: spec.target,
       what: planned ? `the kernel refused ${planned.label}` : `mounting overlay on '${spec.target}'`,
@@ -215,11 +228,12 @@ function* mountByLegacy(spec: CheckedSpec): Plan<NewMount> {
     options: spec.options,
   });
   if (byteLength(data) > MOUNT_DATA_MAX) {
+    const target = decodeBytes(spec.target);
     throw new OverlayError(
       "E2BIG",
-      `the mount(2) option string for '${spec.target}' would be ${byteLength(data)} bytes; the kernel takes one page ` +
+      `the mount(2) option string for '${target}' would be ${byteLength(data)} bytes; the kernel takes one page ` +
         `(${MOUNT_DATA_MAX} bytes) and silently cuts the rest, so ovl refuses it`,
-      { syscall: "mount", path: spec.target, dest: spec.target, hint: "use shorter layer paths, or a kernel with fsconfig() (the `fd` strategy)" },
+      { syscall: "mount", path: target, dest: target, hint: "fewer layers, or a kernel with fsconfig() and FSCONFIG_SET_FD (the `fd` strategy, 6.13+)" },
     );
   }
   try {
@@ -227,7 +241,7 @@ function* mountByLegacy(spec: CheckedSpec): Plan<NewMount> {
     return { id: r.mountId, unique: r.unique, warnings: r.warnings };
   } catch (e) {
     const f = e as NativeFailure;
-    throw fromNative(f, {
+    throw nativeError(f, {
       path: spec.target,
       what: f.syscall === "mount" ? `mounting overlay on '${spec.target}'` : `finding the new mount on '${spec.targetDir.real}'`,
       hints: kernelSaidWhy(f) ? {} : mountHints,
@@ -244,15 +258,18 @@ function* describe(made: NewMount, spec: CheckedSpec, strategy: KernelStrategy):
     try {
       info = mountInfoFromStatmount(yield* nativeCall("statMount", id, statmountSizeHint(spec)));
     } catch (e) {
-      if ((e as NativeFailure).errno !== ENOSYS) throw fromNative(e as NativeFailure, { path: spec.target, what: "describing the new mount" });
+      if ((e as NativeFailure).errno !== ENOSYS) throw nativeError(e as NativeFailure, { path: spec.target, what: "describing the new mount" });
     }
   }
   if (!info) {
-    const table = yield* nativeCall("readText", "/proc/self/mountinfo");
-    const oldId = unique ? (yield* nativeCall("mountId", spec.targetDir.real, false)).mountId : id;
-    info = parseMountInfo(table, { fstype: "overlay" }).mounts.find((m) => m.id === oldId);
+    const table = yield* nativeCall("readText", "/proc/self/mountinfo", true);
+    const oldId = unique ? (yield* nativeCall("mountId", nativePath(spec.targetDir.real), false)).mountId : id;
+    info = parseMountInfoBytes(table, { fstype: "overlay" }).mounts.find((m) => m.id === oldId);
     if (!info) {
-      throw new OverlayError("ENOENT", `the new overlay on '${spec.targetDir.real}' is not in the mount table`, { syscall: "mount", path: spec.target });
+      throw new OverlayError("ENOENT", `the new overlay on '${decodeBytes(spec.targetDir.real)}' is not in the mount table`, {
+        syscall: "mount",
+        path: decodeBytes(spec.target),
+      });
     }
   }
   const entry = toOverlayMount(info);
@@ -268,7 +285,7 @@ function* describe(made: NewMount, spec: CheckedSpec, strategy: KernelStrategy):
     entry.upper = strategy === "fd" ? (literal("upperdir=") ?? spec.upperDir.real) : spec.upperDir.real;
     entry.work = strategy === "fd" ? (literal("workdir=") ?? spec.workDir.real) : spec.workDir.real;
   }
-  return entry;
+  return mountInfoOut(entry, "utf8", OVERLAY_PATHS);
 }
 
 export interface UmountOptions {
@@ -319,18 +336,22 @@ function umountError(f: NativeFailure, path: string, o: UmountOptions): OverlayE
 }
 
 function* umountPlan(target: unknown, opts: unknown): Plan<void> {
-  const path = resolve(checkPathArg(target, "target"));
+  const bytes = checkPathLike(target, "target");
+  const path = resolve(decodeBytes(bytes)); // for messages; the kernel resolves a relative path the same way
   const o = checkUmountOptions(opts);
   const flags = umountFlags(path, o);
   try {
-    yield* nativeCall("umount", path, flags);
+    yield* nativeCall("umount", nativePath(bytes), flags);
   } catch (e) {
     throw umountError(e as NativeFailure, path, o);
   }
 }
 
-/** umount2(2) of `target`, with util-linux's vocabulary for the flags. One trip to the thread pool. */
-export function umount(target: string, opts?: UmountOptions): Promise<void> {
+/**
+ * umount2(2) of `target` (a string, or a Buffer of its exact bytes), with util-linux's vocabulary for the
+ * flags. One trip to the thread pool.
+ */
+export function umount(target: PathLike, opts?: UmountOptions): Promise<void> {
   try {
     return runAsync(umountPlan(target, opts));
   } catch (e) {
@@ -339,7 +360,7 @@ export function umount(target: string, opts?: UmountOptions): Promise<void> {
 }
 
 /** `umount()` on the calling thread, like `fs.*Sync`: for command lines and test set-up. */
-export function umountSync(target: string, opts?: UmountOptions): void {
+export function umountSync(target: PathLike, opts?: UmountOptions): void {
   runSync(umountPlan(target, opts));
 }
 
@@ -348,8 +369,9 @@ export function umountSync(target: string, opts?: UmountOptions): void {
  * the one where the kernel now says it is. Never another mount reached through a path swapped meanwhile.
  * `ifGone`: what to do when it no longer exists ("ok" for disposal, else an error).
  */
-function* umountByIdPlan(id: number, target: string, o: UmountOptions, ifGone: "ok" | "error"): Plan<void> {
-  const flags = umountFlags(target, o) & ~UMOUNT_NOFOLLOW; // the mount point is checked to be a directory
+function* umountByIdPlan(id: number, targetView: string, o: UmountOptions, ifGone: "ok" | "error"): Plan<void> {
+  const flags = umountFlags(targetView, o) & ~UMOUNT_NOFOLLOW; // the mount point is checked to be a directory
+  const target = pathBytes(targetView); // a string view means its exact bytes again
   const tryAt = function* (path: string): Plan<NativeFailure | undefined> {
     if (path === "/") {
       // No parent to hold: the root is checked by id, then unmounted by path.
@@ -359,11 +381,11 @@ function* umountByIdPlan(id: number, target: string, o: UmountOptions, ifGone: "
       return undefined;
     }
     try {
-      yield* nativeCall("umountAt", dirname(path), basename(path), id, flags);
+      yield* nativeCall("umountAt", nativePath(dirname(path)), nativePath(basename(path)), id, flags);
       return undefined;
     } catch (e) {
       const f = e as NativeFailure;
-      if (f.errno !== ESTALE && f.errno !== ENOENT) throw umountError(f, path, o);
+      if (f.errno !== ESTALE && f.errno !== ENOENT) throw umountError(f, decodeBytes(path), o);
       return f;
     }
   };
@@ -378,20 +400,21 @@ function* umountByIdPlan(id: number, target: string, o: UmountOptions, ifGone: "
     try {
       now = yield* nativeCall("statMount", id, 256 + byteLength(target));
     } catch (e) {
-      if ((e as NativeFailure).errno !== ENOENT) throw fromNative(e as NativeFailure, { path: target });
+      if ((e as NativeFailure).errno !== ENOENT) throw nativeError(e as NativeFailure, { path: target });
       if (ifGone === "ok") return;
-      throw new OverlayError("EINVAL", `the overlay once mounted at '${target}' (mount id ${id}) is no longer mounted`, {
+      throw new OverlayError("EINVAL", `the overlay once mounted at '${targetView}' (mount id ${id}) is no longer mounted`, {
         syscall: "umount2",
-        path: target,
+        path: targetView,
       });
     }
     where = now.point ?? target;
   }
+  const shown = decodeBytes(where);
   throw new OverlayError(
     "EBUSY",
-    `another mount now covers '${where}' (mount id ${last?.foundMountId || "unknown"}), or the path leads elsewhere; ` +
+    `another mount now covers '${shown}' (mount id ${last?.foundMountId || "unknown"}), or the path leads elsewhere; ` +
       `not unmounting it in place of this overlay (mount id ${id})`,
-    { syscall: "umount2", path: where, hint: `unmount what covers '${where}' first` },
+    { syscall: "umount2", path: shown, hint: `unmount what covers '${shown}' first` },
   );
 }
 

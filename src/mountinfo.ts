@@ -16,6 +16,7 @@
  *   options must be split on the raw commas before decoding. One exception: SELinux prints
  *   `context="...,..."` (and fscontext/defcontext/rootcontext) with raw commas inside double quotes.
  */
+import { type PathEncoding, bytesOf, checkEncoding, decodeBytes, encodeOut, isAscii, isUtf8Bytes, pathBytes } from "./bytes.js";
 import { invalidArgType } from "./errors.js";
 import type { MountInfo } from "./types.js";
 
@@ -29,8 +30,8 @@ export interface MountInfoIssue {
   reason: string;
 }
 
-export interface ParseMountInfoResult {
-  mounts: MountInfo[];
+export interface ParseMountInfoResult<P extends string | Buffer = string> {
+  mounts: MountInfo<P>[];
   issues: MountInfoIssue[];
 }
 
@@ -61,8 +62,8 @@ const QUOTE = 0x22;
 
 /**
  * Decodes the kernel's `\ooo` octal escapes (`\040` space, `\011` tab, `\012` newline, `\134` backslash,
- * `\054` comma, ...). Escaped bytes of 0x80 and above are taken as UTF-8 (a run of them is decoded
- * together). A backslash not followed by three octal digits (the first 0-3) is left as it is.
+ * `\054` comma, ...) in a byte string (one character per byte), giving the bytes they stand for. A backslash
+ * not followed by three octal digits (the first 0-3) is left as it is.
  */
 export function decodeMountInfoField(raw: string): string {
   let i = raw.indexOf("\\");
@@ -73,22 +74,18 @@ export function decodeMountInfoField(raw: string): string {
   while (i !== -1) {
     // Collect the run of consecutive valid escapes starting at i.
     let j = i;
-    let bytes: number[] | undefined;
-    let high = false;
+    let decoded: string | undefined;
     while (isOctalEscape(raw, j)) {
       const v = ((raw.charCodeAt(j + 1) - 48) << 6) | ((raw.charCodeAt(j + 2) - 48) << 3) | (raw.charCodeAt(j + 3) - 48);
-      if (v >= 0x80) high = true;
-      (bytes ??= []).push(v);
+      decoded = (decoded ?? "") + String.fromCharCode(v);
       j += 4;
       if (j >= n || raw.charCodeAt(j) !== BACKSLASH) break;
     }
-    if (bytes === undefined) {
+    if (decoded === undefined) {
       i = raw.indexOf("\\", i + 1);
       continue;
     }
-    out += raw.slice(last, i);
-    if (high) out += Buffer.from(bytes).toString("utf8");
-    else for (const b of bytes) out += String.fromCharCode(b);
+    out += raw.slice(last, i) + decoded;
     last = j;
     i = j < n ? raw.indexOf("\\", j) : -1;
   }
@@ -159,9 +156,10 @@ function parseUint(s: string, a: number, b: number): number {
   return v;
 }
 
-function toText(text: unknown): string {
-  if (typeof text === "string") return text;
-  if (text instanceof Uint8Array) return Buffer.from(text.buffer, text.byteOffset, text.byteLength).toString("utf8");
+/** The text as a byte string: a Buffer's bytes as they are, a string's UTF-8 bytes. */
+function toBytes(text: unknown): string {
+  if (typeof text === "string") return pathBytes(text);
+  if (text instanceof Uint8Array) return bytesOf(text);
   throw invalidArgType("text", "of type string or an instance of Buffer or Uint8Array", text);
 }
 
@@ -169,6 +167,12 @@ function toText(text: unknown): string {
 export interface ParseMountInfoOptions {
   /** Throw a MountInfoParseError for the first malformed line instead of reporting it in `issues`. */
   strict?: boolean;
+  /**
+   * How path-like fields (root, target, fstype, source, each mount and super option) come back: strings
+   * (`"utf8"`, the default; bytes that are not UTF-8 as U+DC80-U+DCFF, and the entry's `nonUtf8` names those
+   * fields) or `"buffer"`, byte for byte what the kernel holds.
+   */
+  encoding?: PathEncoding;
   /**
    * Only mounts of this filesystem type (e.g. `"overlay"`). Lines are picked by finding ` - TYPE ` in the
    * text, which in a well-formed line can only be the separator and the type (every space inside a field is
@@ -179,13 +183,28 @@ export interface ParseMountInfoOptions {
 }
 
 /**
- * Parses the text of /proc/PID/mountinfo. Blank lines are ignored; a final newline is optional.
- * A line that cannot be parsed is skipped and reported in `issues` (never thrown), unless
- * `strict: true`, which throws a MountInfoParseError for the first one.
+ * Parses the text of /proc/PID/mountinfo: a Buffer (its bytes exactly) or a string (its UTF-8 bytes). Blank
+ * lines are ignored; a final newline is optional; every other byte, a CR before the newline included, is
+ * kept. A line that cannot be parsed (too few fields, an empty field the kernel always fills, a number
+ * that is not one) is skipped and reported in `issues` (never thrown), unless `strict: true`, which throws
+ * a MountInfoParseError for the first one.
  */
-export function parseMountInfo(text: string, options?: ParseMountInfoOptions): ParseMountInfoResult {
+export function parseMountInfo(text: string | Uint8Array, options?: ParseMountInfoOptions & { encoding?: "utf8" }): ParseMountInfoResult;
+export function parseMountInfo(text: string | Uint8Array, options: ParseMountInfoOptions & { encoding: "buffer" }): ParseMountInfoResult<Buffer>;
+export function parseMountInfo(text: string | Uint8Array, options?: ParseMountInfoOptions): ParseMountInfoResult<string | Buffer>;
+export function parseMountInfo(text: string | Uint8Array, options?: ParseMountInfoOptions): ParseMountInfoResult<string | Buffer> {
+  const encoding = checkEncoding(options?.encoding);
+  const r = parseMountInfoBytes(toBytes(text), options);
+  return { mounts: r.mounts.map((m) => mountInfoOut(m, encoding)), issues: r.issues.map((i) => ({ ...i, text: decodeBytes(i.text) })) };
+}
+
+/**
+ * The parser itself, on a byte string (one character per byte): fields come back as byte strings. For ovl's
+ * own callers, which convert at their edge.
+ */
+export function parseMountInfoBytes(bytes: string, options?: ParseMountInfoOptions): ParseMountInfoResult {
   const strict = options?.strict === true;
-  const parser = new LineParser(toText(text));
+  const parser = new LineParser(bytes);
   if (typeof options?.fstype === "string") return parseLinesOfType(parser, options.fstype, strict);
   const s = parser.s;
   const len = s.length;
@@ -213,8 +232,9 @@ export function parseMountInfo(text: string, options?: ParseMountInfoOptions): P
 }
 
 /** parseMountInfo() of only the lines that contain ` - TYPE `: a few indexOf() calls instead of a parse per line. */
-function parseLinesOfType(parser: LineParser, fstype: string, strict: boolean): ParseMountInfoResult {
+function parseLinesOfType(parser: LineParser, fstypeView: string, strict: boolean): ParseMountInfoResult {
   const s = parser.s;
+  const fstype = pathBytes(fstypeView); // the text is bytes: so is what is looked for
   const needle = ` - ${fstype.replace(/[ \t\n\\]/g, (c) => `\\${c.charCodeAt(0).toString(8).padStart(3, "0")}`)} `;
   const mounts: MountInfo[] = [];
   const issues: MountInfoIssue[] = [];
@@ -244,8 +264,8 @@ function parseLinesOfType(parser: LineParser, fstype: string, strict: boolean): 
 }
 
 /**
- * Parses one mountinfo line (without its newline): the mount, or why the line is malformed. For callers that
- * re-parse only the lines that changed (watch()).
+ * Parses one mountinfo line (a byte string, without its newline): the mount (byte-string fields), or why the
+ * line is malformed. For callers that re-parse only the lines that changed (watch()).
  */
 export function parseMountInfoLine(line: string): MountInfo | string {
   return new LineParser(line).parse(0, line.length);
@@ -304,21 +324,26 @@ class LineParser {
     const minor = colon === -1 ? -1 : parseUint(s, colon + 1, sp);
     if (major < 0 || minor < 0) return "MAJ:MIN is not two numbers";
 
+    // The kernel never prints these empty (a space inside one is escaped): an empty one means a malformed
+    // line, whose later fields would otherwise be read one place off.
     p = sp + 1;
     sp = this.spaceAt(p);
     if (sp >= end) return "too few fields";
+    if (sp === p) return "empty root field";
     const rootStart = p;
     const rootEnd = sp;
 
     p = sp + 1;
     sp = this.spaceAt(p);
     if (sp >= end) return "too few fields";
+    if (sp === p) return "empty mount point field";
     const targetStart = p;
     const targetEnd = sp;
 
     p = sp + 1;
     sp = this.spaceAt(p);
     if (sp >= end) return "too few fields";
+    if (sp === p) return "empty mount options field";
     const mountOptsStart = p;
     const mountOptsEnd = sp;
 
@@ -340,6 +365,7 @@ class LineParser {
     p = sp + 1;
     sp = this.spaceAt(p);
     if (sp >= end) return 'missing source and super options after "-"';
+    if (sp === p) return "empty filesystem type field";
     const fstypeStart = p;
     const fstypeEnd = sp;
 
@@ -350,10 +376,12 @@ class LineParser {
     const sourceEnd = sp;
 
     // Super options run to the next space (fields a future kernel might append are ignored) or line end.
+    // (SOURCE may be empty: the kernel prints an empty one for some filesystems.)
     p = sp + 1;
     sp = this.spaceAt(p);
     const superStart = p;
     const superEnd = sp < end ? sp : end;
+    if (superEnd === superStart) return "empty super options field";
 
     return {
       id,
@@ -369,4 +397,30 @@ class LineParser {
       superOptions: splitMountOptions(s.slice(superStart, superEnd)),
     };
   }
+}
+
+/** The path-like fields of a mount-table entry, by name. */
+const PATH_FIELDS = ["root", "target", "fstype", "source"] as const;
+const LIST_FIELDS = ["mountOptions", "superOptions"] as const;
+
+/**
+ * A parsed entry (byte-string fields) in the encoding asked for. In the string view, fields whose bytes are
+ * not UTF-8 are named in `nonUtf8` (their undecodable bytes are U+DC80-U+DCFF, so nothing is conflated).
+ * Extra path fields (an overlay's `lower`, `upper`...) are converted too when named in `more`.
+ */
+export function mountInfoOut<T extends MountInfo>(m: T, encoding: PathEncoding, more: readonly string[] = []): T {
+  const out = { ...m } as Record<string, unknown>;
+  const nonUtf8: string[] = [];
+  const one = (key: string, v: string) => {
+    if (encoding === "utf8" && isAscii(v)) return v;
+    if (encoding === "utf8" && !isUtf8Bytes(v) && !nonUtf8.includes(key)) nonUtf8.push(key);
+    return encodeOut(v, encoding);
+  };
+  for (const key of [...PATH_FIELDS, ...LIST_FIELDS, ...more]) {
+    const v = out[key];
+    if (typeof v === "string") out[key] = one(key, v);
+    else if (Array.isArray(v)) out[key] = v.map((x: string) => one(key, x));
+  }
+  if (nonUtf8.length > 0) out.nonUtf8 = nonUtf8;
+  return out as T;
 }

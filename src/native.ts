@@ -73,15 +73,18 @@ export interface FdFacts {
   uniqueMountId: boolean;
   /** The fd is the root of a mount. */
   mountRoot: boolean;
-  /** Directories listed: how many entries (besides . and ..), and the first 16 names. */
+  /** Directories listed: how many entries (besides . and ..), and the first 16 names (byte strings). */
   entryCount?: number;
-  entries?: Buffer[];
+  entries?: string[];
   listErrno?: number;
 }
 
-/** One path of openPaths(): its fd (the caller's to use and close), the path the kernel holds, and facts. */
+/**
+ * One path of openPaths(): its fd (the caller's to use and close), the path the kernel holds for it (a byte
+ * string: one character per byte, see src/bytes.ts), and facts.
+ */
 export type OpenedPath =
-  | (FdFacts & { fd: number; realpath: Buffer; errno?: undefined })
+  | (FdFacts & { fd: number; realpath: string; errno?: undefined })
   | { errno: number; syscall: string; notDirectory?: true; fd?: undefined };
 
 export type ProbeFacts = (FdFacts & { errno?: undefined }) | { errno: number };
@@ -89,11 +92,11 @@ export type ProbeFacts = (FdFacts & { errno?: undefined }) | { errno: number };
 export interface OpenPathsResult {
   paths: OpenedPath[];
   probes: ProbeFacts[];
-  /** The file asked for as `table`, read whole in the same trip (absent if it could not be read). */
+  /** The file asked for as `table`, read whole in the same trip, as a byte string (absent if unreadable). */
   table?: string;
 }
 
-/** statmount(2) fields, as the kernel returns them. */
+/** statmount(2) fields, as the kernel returns them (strings as byte strings, one character per byte). */
 export interface StatMountResult {
   mask: number;
   mountId: number;
@@ -126,7 +129,7 @@ export interface NativeMountWatcher {
    * with its new text, or null when it did not change in that time; once, just after the wait is
    * registered with the kernel, the text is read again whether or not it changed. One call at a time.
    */
-  next(timeoutMs: number): Promise<string | null>;
+  next(timeoutMs: number): Promise<string | null>; // the table as a byte string
   /** Closes the file (after a pending next() returns). */
   close(): void;
 }
@@ -149,7 +152,7 @@ export type NativeEntry =
     }
   | { errno: number; syscall: string; mode?: undefined };
 
-/** One directory read by scanDirs: its entries (no `.`/`..`), or why it could not be read. */
+/** One directory read by scanDirs: its entries (no `.`/`..`; names as byte strings), or why it could not be read. */
 export type NativeDirScan =
   | { entries: Array<NativeEntry & { name: string }>; errno?: undefined }
   | { errno: number; syscall: string; entries?: undefined };
@@ -199,8 +202,11 @@ export interface NativeCalls {
   mountId(path: PathArg, unique: boolean): MountIdResult;
   /** statmount(2) of one mount by its unique id; `sizeHint` guesses the bytes its strings need. */
   statMount(uniqueMountId: number, sizeHint?: number): StatMountResult;
-  /** The whole file as text, opened, read and closed in one trip (a proc file takes many read() calls). */
-  readText(path: PathArg): string;
+  /**
+   * The whole file, opened, read and closed in one trip (a proc file takes many read() calls): UTF-8 text, or
+   * with `bytes` a byte string (one character per byte).
+   */
+  readText(path: PathArg, bytes?: boolean): string;
   /** lstat facts of each name in a directory below a layer root, plus its xattrs named `prefix*`. */
   lstatXattrs(items: LayerName[], prefix: string): NativeEntry[];
   /** Every entry of each directory below a layer root, with lstat facts and xattrs named `prefix*`. */

@@ -3,21 +3,33 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import { constants } from "node:os";
-import { resolve } from "node:path";
+import { posix } from "node:path";
+import {
+  type PathEncoding,
+  type PathLike,
+  bytesOf,
+  checkEncoding,
+  checkPathLike,
+  decodeBytes,
+  nativePath,
+  pathBytes,
+  toBuffer,
+} from "./bytes.js";
 import { OverlayError, fromNative, invalidArgType, invalidArgValue } from "./errors.js";
-import { parseMountInfo, type MountInfoIssue } from "./mountinfo.js";
+import { mountInfoOut, parseMountInfoBytes, type MountInfoIssue } from "./mountinfo.js";
 import { type NativeAddon, type NativeFailure, native } from "./native.js";
 import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
 import type { MountInfo, OverlayMount } from "./types.js";
-import { checkPathArg } from "./validate.js";
 
 export interface ListOptions {
   /** Every mount, not only overlays. */
   all?: boolean;
   /** Read another process's mount namespace (/proc/PID/mountinfo). */
   pid?: number;
-  /** Only the mount at, or containing, this path. */
-  target?: string;
+  /** Read a saved mountinfo file instead (findmnt's `-F`): a table from another machine or a bug report. */
+  file?: PathLike;
+  /** Only the mount at, or containing, this path (a string, or a Buffer of its exact bytes). */
+  target?: PathLike;
   /** Throw on a malformed mountinfo line instead of skipping it (every line is checked). */
   strict?: boolean;
   /**
@@ -25,16 +37,24 @@ export interface ListOptions {
    * overlays (they contain ` - overlay `) are parsed, so only those are reported.
    */
   onIssue?: (issue: MountInfoIssue) => void;
+  /**
+   * Path fields as strings (`"utf8"`, the default: bytes that are not UTF-8 as U+DC80-U+DCFF, named in each
+   * entry's `nonUtf8`) or as Buffers (`"buffer"`), byte for byte what the kernel holds.
+   */
+  encoding?: PathEncoding;
 }
 
 /** The array `list()` returns; `issues` holds the malformed lines that were skipped. */
 export type MountList<T> = T[] & { issues: MountInfoIssue[] };
 
-export function isOverlay(m: MountInfo): boolean {
-  return m.fstype === "overlay";
+export function isOverlay(m: MountInfo<string | Buffer>): boolean {
+  return String(m.fstype) === "overlay";
 }
 
-const isDirectory = (path: string) => stat(path).then((st) => st.isDirectory(), () => false);
+const isDirectory = (path: string) => stat(toBuffer(path)).then((st) => st.isDirectory(), () => false);
+
+/** An overlay entry's path fields beyond the mount's own, for mountInfoOut(). */
+export const OVERLAY_PATHS = ["lower", "data", "upper", "work"] as const;
 
 /**
  * In the new-API form (`lowerdir+=`) the kernel prints `upperdir=`/`workdir=` literally when they were passed
@@ -42,6 +62,7 @@ const isDirectory = (path: string) => stat(path).then((st) => st.isDirectory(), 
  * text alone cannot tell which. Where the two readings differ (the path holds a backslash), ask the
  * filesystem: the reading that names an existing directory wins, the literal one (fds, ovl's default) when
  * both do. `root` is the prefix under which the mount's paths resolve (`/proc/PID/root` for another process).
+ * Works on byte strings (src/bytes.ts) as the parser gives them.
  */
 export async function settleUpperWork(m: OverlayMount, root = ""): Promise<OverlayMount> {
   if (!m.superOptions.some((o) => o.startsWith("lowerdir+=") || o.startsWith("datadir+="))) return m;
@@ -63,6 +84,11 @@ export async function settleUpperWork(m: OverlayMount, root = ""): Promise<Overl
  * the table; fs.readFile of the same file took half as long again on top (10,000 mounts: ~31 ms vs ~45 ms).
  */
 export async function readMountTable(pid?: number): Promise<string> {
+  return decodeBytes(await readMountTableBytes(pid));
+}
+
+/** The mount table as a byte string (one character per byte: every byte the kernel printed). */
+export async function readMountTableBytes(pid?: number): Promise<string> {
   const file = pid === undefined ? "/proc/self/mountinfo" : `/proc/${pid}/mountinfo`;
   let addon: NativeAddon;
   try {
@@ -73,7 +99,7 @@ export async function readMountTable(pid?: number): Promise<string> {
     throw e;
   }
   try {
-    return await addon.readText(file);
+    return await addon.readText(file, true);
   } catch (e) {
     const f = e as NativeFailure;
     if (pid !== undefined && f.errno === constants.errno.ENOENT && f.syscall === "open") throw noSuchProcess(pid, file);
@@ -87,10 +113,24 @@ function noSuchProcess(pid: number, file: string): OverlayError {
 
 async function readWithNode(file: string, pid: number | undefined): Promise<string> {
   try {
-    return await readFile(file, "utf8");
+    return bytesOf(await readFile(file));
   } catch (e) {
     if (pid !== undefined && (e as NodeJS.ErrnoException).code === "ENOENT") throw noSuchProcess(pid, file);
     throw e;
+  }
+}
+
+/** A saved mountinfo file, as a byte string. */
+async function readSavedTable(file: string): Promise<string> {
+  try {
+    return bytesOf(await readFile(toBuffer(file)));
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const shown = decodeBytes(file);
+    throw new OverlayError(err.code ?? "EIO", `cannot read the mountinfo file '${shown}': ${err.message.replace(/^[A-Z]+: /, "")}`, {
+      syscall: err.syscall ?? "open",
+      path: shown,
+    });
   }
 }
 
@@ -116,7 +156,10 @@ export function checkTableOptions<T extends object>(opts: unknown): T {
 
 function checkListOptions(opts: unknown): ListOptions {
   const o = checkTableOptions<ListOptions>(opts);
-  if (o.target !== undefined) checkPathArg(o.target, "options.target");
+  if (o.target !== undefined) checkPathLike(o.target, "options.target");
+  if (o.file !== undefined) checkPathLike(o.file, "options.file");
+  if (o.file !== undefined && o.pid !== undefined) throw invalidArgValue("options.file", o.file, "cannot be combined with options.pid");
+  checkEncoding(o.encoding);
   return o;
 }
 
@@ -132,32 +175,59 @@ function containingMount<T extends MountInfo>(mounts: T[], path: string): T | un
   return best;
 }
 
+/** A path (byte string) made absolute against the current directory, as text. */
+export function absoluteBytes(b: string): string {
+  return posix.resolve(b.startsWith("/") ? "/" : pathBytes(process.cwd()), b);
+}
+
 /**
- * Overlays in this mount namespace (or every mount with `all`, another process's with `pid`, or only the
- * one at or containing `target`).
+ * Overlays in this mount namespace (or every mount with `all`, another process's with `pid`, a saved table
+ * with `file`, or only the one at or containing `target`).
  */
-export async function list(opts?: ListOptions & { all?: false }): Promise<MountList<OverlayMount>>;
+export async function list(opts?: ListOptions & { all?: false; encoding?: "utf8" }): Promise<MountList<OverlayMount>>;
+export async function list(opts: ListOptions & { all?: false; encoding: "buffer" }): Promise<MountList<OverlayMount<Buffer>>>;
+export async function list(opts: ListOptions & { encoding: "buffer" }): Promise<MountList<MountInfo<Buffer> | OverlayMount<Buffer>>>;
 export async function list(opts: ListOptions): Promise<MountList<MountInfo | OverlayMount>>;
-export async function list(opts?: ListOptions): Promise<MountList<MountInfo | OverlayMount>> {
+export async function list(opts?: ListOptions): Promise<MountList<MountInfo<string | Buffer> | OverlayMount<string | Buffer>>> {
   const o = checkListOptions(opts);
-  const text = await readMountTable(o.pid);
+  const encoding = checkEncoding(o.encoding);
+  const { target, file, ...rest } = o;
+  const raw = await listBytes({
+    ...rest,
+    ...(target !== undefined ? { target: pathBytes(target) } : {}),
+    ...(file !== undefined ? { file: pathBytes(file) } : {}),
+  });
+  const out = raw.map((m) => ("lower" in m ? mountInfoOut(m, encoding, OVERLAY_PATHS) : mountInfoOut(m, encoding)));
+  Object.defineProperty(out, "issues", { value: raw.issues, enumerable: false });
+  return out as MountList<MountInfo<string | Buffer> | OverlayMount<string | Buffer>>;
+}
+
+/**
+ * list() with every path field a byte string (src/bytes.ts), for ovl's own callers: `target` and `file` are
+ * byte strings too. Options already checked.
+ */
+export async function listBytes(o: Omit<ListOptions, "target" | "file"> & { target?: string; file?: string }): Promise<MountList<MountInfo | OverlayMount>> {
+  const text = o.file !== undefined ? await readSavedTable(o.file) : await readMountTableBytes(o.pid);
+  const here = o.pid === undefined && o.file === undefined; // this process's own table: the kernel can be asked
   // Overlays only: parse just the lines that can be overlays, unless the whole table is needed (to find the
-  // innermost mount containing a path in another namespace) or asked to be checked (strict).
-  const overlaysOnly = !o.all && !o.strict && !(o.target !== undefined && o.pid !== undefined);
-  const { mounts, issues } = parseMountInfo(text, overlaysOnly ? { fstype: "overlay" } : { strict: o.strict ?? false });
+  // innermost mount containing a path in another table) or asked to be checked (strict).
+  const overlaysOnly = !o.all && !o.strict && !(o.target !== undefined && !here);
+  const { mounts, issues: rawIssues } = parseMountInfoBytes(text, overlaysOnly ? { fstype: "overlay" } : { strict: o.strict ?? false });
+  const issues = rawIssues.map((i) => ({ ...i, text: decodeBytes(i.text) }));
   if (o.onIssue) for (const issue of issues) o.onIssue(issue);
 
   let chosen: MountInfo[] = mounts;
   if (o.target !== undefined) {
-    const path = resolve(o.target);
+    const path = absoluteBytes(o.target);
     let hit: MountInfo | undefined;
-    if (o.pid === undefined) {
+    if (here) {
       // Ask the kernel which mount serves the path: exact where paths are ambiguous (stacked mounts).
       let id: number;
       try {
-        id = (await native().mountId(path, false)).mountId;
+        id = (await native().mountId(nativePath(path), false)).mountId;
       } catch (e) {
-        throw fromNative(e as NativeFailure, { path, what: `looking up the mount of '${path}'` });
+        const shown = decodeBytes(path);
+        throw fromNative(e as NativeFailure, { path: shown, what: `looking up the mount of '${shown}'` });
       }
       hit = mounts.find((m) => m.id === id);
     } else {
@@ -166,10 +236,13 @@ export async function list(opts?: ListOptions): Promise<MountList<MountInfo | Ov
     chosen = hit ? [hit] : [];
   }
   const out = [] as unknown as MountList<MountInfo | OverlayMount>;
-  const root = o.pid === undefined ? "" : `/proc/${o.pid}/root`;
+  // Another process's paths resolve under its root; a saved table's paths are nowhere here.
+  const root = o.pid !== undefined ? `/proc/${o.pid}/root` : "";
   for (const m of chosen) {
-    if (isOverlay(m)) out.push(await settleUpperWork(toOverlayMount(m), root));
-    else if (o.all) out.push(m);
+    if (isOverlay(m)) {
+      const overlay = toOverlayMount(m);
+      out.push(o.file !== undefined ? overlay : await settleUpperWork(overlay, root));
+    } else if (o.all) out.push(m);
   }
   Object.defineProperty(out, "issues", { value: issues, enumerable: false });
   return out;

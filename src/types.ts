@@ -1,7 +1,10 @@
 /** Public data types shared by the mount, mount-table and CLI modules. */
 
-/** One line of /proc/PID/mountinfo, every field decoded. */
-export interface MountInfo {
+/**
+ * One line of /proc/PID/mountinfo, every field decoded. Path-like fields are strings (`P = string`: UTF-8,
+ * bytes that are not UTF-8 as U+DC80-U+DCFF) or, with `encoding: "buffer"`, Buffers byte for byte.
+ */
+export interface MountInfo<P extends string | Buffer = string> {
   /** Mount id (field 1); unique while the mount exists. */
   id: number;
   /** Id of the parent mount (field 2); equals `id` for the root of the namespace. */
@@ -11,19 +14,24 @@ export interface MountInfo {
   /** Device minor number of the filesystem (field 3). */
   minor: number;
   /** Path inside the filesystem that forms the root of this mount (field 4). */
-  root: string;
+  root: P;
   /** Mount point, relative to the process's root (field 5). */
-  target: string;
+  target: P;
   /** Per-mount options (field 6), e.g. `["rw", "relatime"]`. */
-  mountOptions: string[];
+  mountOptions: P[];
   /** Zero or more `tag[:value]` fields before the lone `-`, e.g. `["shared:1"]`. */
   optionalFields: string[];
   /** Filesystem type, `type` or `type.subtype`. */
-  fstype: string;
+  fstype: P;
   /** Filesystem-specific source, or `""` when the kernel printed none. */
-  source: string;
+  source: P;
   /** Per-superblock options, e.g. `["rw", "lowerdir+=/a", "upperdir=/u"]`. */
-  superOptions: string[];
+  superOptions: P[];
+  /**
+   * In the string view only: the fields whose bytes are not valid UTF-8 (shown with U+DC80-U+DCFF for those
+   * bytes; pass such a string back to ovl and it means the same bytes). Absent when every field is UTF-8.
+   */
+  nonUtf8?: string[];
 }
 
 /** Overlay feature options, as `mount()` takes them and as the mount table reports them. */
@@ -59,15 +67,15 @@ export interface OverlayFeatures extends OverlayOptions {
 }
 
 /** An overlay as the mount table describes it. */
-export interface OverlayMount extends MountInfo {
+export interface OverlayMount<P extends string | Buffer = string> extends MountInfo<P> {
   /** Lower layers, top-most first, as exact paths. */
-  lower: string[];
+  lower: P[];
   /** Data-only lower layers (after `::`, or `datadir+=`). */
-  data: string[];
+  data: P[];
   /** Upper layer, absent for a read-only overlay. */
-  upper?: string;
+  upper?: P;
   /** Work directory, absent for a read-only overlay. */
-  work?: string;
+  work?: P;
   /** Overlay feature options parsed from `superOptions`. */
   features: OverlayFeatures;
 }

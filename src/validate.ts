@@ -4,7 +4,8 @@
  */
 import { OverlayError, describeErrno, invalidArgType, invalidArgValue } from "./errors.js";
 import { type MountFlags, checkMountFlags } from "./flags.js";
-import { parseMountInfo } from "./mountinfo.js";
+import { type PathLike, checkPathLike, decodeBytes, nativePath } from "./bytes.js";
+import { parseMountInfoBytes } from "./mountinfo.js";
 import type { FdFacts, OpenPathsResult, ProbeFacts } from "./native.js";
 import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
 import type { OverlayOptions } from "./types.js";
@@ -14,16 +15,19 @@ export type MountStrategy = "auto" | "fd" | "string" | "legacy";
 
 /** What `mount()` takes. */
 export interface MountSpec {
-  /** Lower layers, top-most first. One string is one layer (never split on `:`). */
-  lower: string[] | string;
+  /**
+   * Lower layers, top-most first. One string is one layer (never split on `:`). Every path may be a string
+   * or a Buffer of its exact bytes, as in `node:fs`.
+   */
+  lower: PathLike[] | PathLike;
   /** Upper (writable) layer; needs `work`. Neither: a read-only overlay. */
-  upper?: string;
+  upper?: PathLike;
   /** Work directory, empty, on the same mount as `upper`. */
-  work?: string;
+  work?: PathLike;
   /** Mount point: an existing directory. */
-  target: string;
+  target: PathLike;
   /** Data-only lower layers (reachable only through metacopy redirects). */
-  data?: string[];
+  data?: PathLike[];
   /** Overlay feature options. */
   options?: OverlayOptions;
   /** Generic mount flags. */
@@ -34,7 +38,10 @@ export interface MountSpec {
   strategy?: MountStrategy;
 }
 
-/** A spec whose shape passed: paths as given (resolved by the kernel, once, when opened) and clean option sets. */
+/**
+ * A spec whose shape passed: paths as given, as byte strings (src/bytes.ts; resolved by the kernel, once, when
+ * opened), and clean option sets.
+ */
 export interface ShapedSpec {
   lower: string[];
   data: string[];
@@ -83,8 +90,9 @@ export function checkPathArg(value: unknown, name: string): string {
   return value;
 }
 
+/** A list of layers: one path (string or Buffer) is one layer; each comes back as a byte string. */
 function checkPathList(value: unknown, name: string): string[] {
-  if (typeof value === "string") return [checkPathArg(value, `${name}[0]`)];
+  if (typeof value === "string" || value instanceof Uint8Array) return [checkPathLike(value, `${name}[0]`)];
   if (!Array.isArray(value)) throw invalidArgType(name, "of type string or an array of strings", value);
   // More than the kernel takes is refused before anything is opened (or even read: a sparse array of a
   // million holes costs nothing here).
@@ -94,7 +102,7 @@ function checkPathList(value: unknown, name: string): string[] {
   const out: string[] = [];
   for (let i = 0; i < value.length; i++) {
     if (!(i in value)) throw invalidArgValue(`${name}[${i}]`, undefined, "is a hole in a sparse array; every layer must be a path");
-    out.push(checkPathArg(value[i], `${name}[${i}]`));
+    out.push(checkPathLike(value[i], `${name}[${i}]`));
   }
   return out;
 }
@@ -159,9 +167,9 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
   const s = spec as Record<string, unknown>;
   const lower = checkPathList(s.lower, "spec.lower");
   const data = s.data === undefined ? [] : checkPathList(s.data, "spec.data");
-  const upper = s.upper === undefined ? undefined : checkPathArg(s.upper, "spec.upper");
-  const work = s.work === undefined ? undefined : checkPathArg(s.work, "spec.work");
-  const target = checkPathArg(s.target, "spec.target");
+  const upper = s.upper === undefined ? undefined : checkPathLike(s.upper, "spec.upper");
+  const work = s.work === undefined ? undefined : checkPathLike(s.work, "spec.work");
+  const target = checkPathLike(s.target, "spec.target");
   const options = checkOverlayOptions(s.options);
   const flags = checkMountFlags(s.flags);
   let source = "overlay";
@@ -173,13 +181,7 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
   if (!["auto", "fd", "string", "legacy"].includes(strategy as string)) {
     throw invalidArgValue("spec.strategy", strategy, `must be one of "auto", "fd", "string", "legacy"`);
   }
-  const fail = (code: string, detail: string, path?: string, hint?: string) =>
-    new OverlayError(code, detail, {
-      syscall: "mount",
-      ...(path !== undefined ? { path } : {}),
-      dest: target,
-      ...(hint ? { hint } : {}),
-    });
+  const fail = (code: string, detail: string, path?: string, hint?: string) => mountError(code, detail, target, path, hint);
   if (lower.length === 0) throw fail("EINVAL", "at least one lower layer is required");
   if (lower.length + data.length > MAX_LAYERS) {
     throw fail("EINVAL", `${lower.length} lower and ${data.length} data layers are more than the kernel's ${MAX_LAYERS}`);
@@ -209,10 +211,23 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
   };
 }
 
+/**
+ * An error about a mount, from byte strings (paths, and messages built from them): shown as UTF-8, with
+ * undecodable bytes as U+DC80-U+DCFF.
+ */
+function mountError(code: string, detail: string, dest: string, path?: string, hint?: string): OverlayError {
+  return new OverlayError(code, decodeBytes(detail), {
+    syscall: "mount",
+    ...(path !== undefined ? { path: decodeBytes(path) } : {}),
+    dest: decodeBytes(dest),
+    ...(hint ? { hint: decodeBytes(hint) } : {}),
+  });
+}
+
 /** What the one trip that opens a spec's paths is asked for. */
 export interface OpenRequest {
   roles: { label: string; path: string }[];
-  paths: string[];
+  paths: (string | Buffer)[];
   /** Indexes of directories to list through their fd (the work directory). */
   list: number[];
   /** Names looked up beneath the work directory's fd: its leftover `work/`, and a volatile mount's marker. */
@@ -232,7 +247,7 @@ export function openRequest(spec: ShapedSpec): OpenRequest {
   const work = spec.work !== undefined ? roles.length - 2 : -1;
   return {
     roles,
-    paths: roles.map((r) => r.path),
+    paths: roles.map((r) => nativePath(r.path)),
     list: work < 0 ? [] : [work],
     probes: work < 0 ? [] : [[work, "work"], [work, "work/incompat/volatile/dirty"]],
     table: work < 0 ? null : "/proc/self/mountinfo",
@@ -246,8 +261,7 @@ type Fail = (code: string, detail: string, path: string, hint?: string) => Overl
  * (never on a path string resolved again), naming the path that broke it.
  */
 export function checkOpened(spec: ShapedSpec, req: OpenRequest, opened: OpenPathsResult): CheckedSpec {
-  const fail: Fail = (code, detail, path, hint) =>
-    new OverlayError(code, detail, { syscall: "mount", path, dest: spec.target, ...(hint ? { hint } : {}) });
+  const fail: Fail = (code, detail, path, hint) => mountError(code, detail, spec.target, path, hint);
   const roles: OpenedRole[] = req.roles.map((r, i) => {
     const p = opened.paths[i]!;
     if (p.errno !== undefined) {
@@ -267,7 +281,7 @@ export function checkOpened(spec: ShapedSpec, req: OpenRequest, opened: OpenPath
       throw fail(code, `${r.label} '${r.path}' ${what}`, r.path, hint);
     }
     if (!isDir(p.mode)) throw fail("ENOTDIR", `${r.label} '${r.path}' is not a directory`, r.path);
-    return { ...r, real: p.realpath.toString(), fd: p.fd, facts: p };
+    return { ...r, real: p.realpath, fd: p.fd, facts: p };
   });
   const nl = spec.lower.length;
   const nd = spec.data.length;
@@ -354,7 +368,7 @@ function checkWorkdirEmpty(work: OpenedRole, workWork: ProbeFacts, fail: Fail): 
     throw fail(code, `work directory '${work.real}' cannot be read: ${description}`, work.path);
   }
   if (!f.entryCount) return;
-  const entries = (f.entries ?? []).map((n) => n.toString());
+  const entries = f.entries ?? [];
   // Overlay's own leftovers: `index/`, and `work/` as overlay leaves it (mode 000, or empty). A user's
   // directory named `work` with something in it is not a leftover: the kernel would wipe it.
   const workIsLeftover =
@@ -384,7 +398,7 @@ function checkNotInUse(upper: OpenedRole, work: OpenedRole, table: string, fail:
     [upper.real, upper],
     [work.real, work],
   ]);
-  for (const m of parseMountInfo(table, { fstype: "overlay" }).mounts) {
+  for (const m of parseMountInfoBytes(table, { fstype: "overlay" }).mounts) {
     const o = toOverlayMount(m);
     for (const [kind, theirs] of [["upper layer", o.upper], ["work directory", o.work]] as const) {
       if (theirs === undefined) continue;

@@ -10,10 +10,11 @@
 import { readlink } from "node:fs/promises";
 import { constants } from "node:os";
 import { OverlayError, fromNative, invalidArgType } from "./errors.js";
-import { MountInfoParseError, parseMountInfoLine, type MountInfoIssue } from "./mountinfo.js";
+import { type PathEncoding, checkEncoding, decodeBytes } from "./bytes.js";
+import { MountInfoParseError, mountInfoOut, parseMountInfoLine, type MountInfoIssue } from "./mountinfo.js";
 import { native, type NativeFailure, type NativeMountWatcher } from "./native.js";
 import { toOverlayMount } from "./overlay-options.js";
-import { checkTableOptions, isOverlay, settleUpperWork } from "./table.js";
+import { OVERLAY_PATHS, checkTableOptions, isOverlay, settleUpperWork } from "./table.js";
 import type { MountInfo, OverlayMount } from "./types.js";
 
 export interface WatchOptions {
@@ -30,6 +31,8 @@ export interface WatchOptions {
   strict?: boolean;
   /** Called once with each malformed line that was skipped, when it first appears in the table. */
   onIssue?: (issue: MountInfoIssue) => void;
+  /** Path fields of the events' mounts as strings (`"utf8"`, the default) or Buffers (`"buffer"`), as list() has. */
+  encoding?: PathEncoding;
 }
 
 /** One change to the mount table. */
@@ -72,6 +75,7 @@ const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value:
 class MountTableWatch implements MountWatch {
   readonly ready: Promise<void>;
   readonly #all: boolean;
+  readonly #encoding: PathEncoding;
   readonly #pid: number | undefined;
   readonly #path: string;
   readonly #strict: boolean;
@@ -100,6 +104,7 @@ class MountTableWatch implements MountWatch {
 
   constructor(o: WatchOptions) {
     this.#all = o.all === true;
+    this.#encoding = checkEncoding(o.encoding);
     this.#pid = o.pid;
     this.#path = o.pid === undefined ? "/proc/self/mountinfo" : `/proc/${o.pid}/mountinfo`;
     this.#strict = o.strict === true;
@@ -216,9 +221,10 @@ class MountTableWatch implements MountWatch {
         if (entry === undefined) {
           // A line sliced from the text keeps the whole text alive, and so would every field parsed from
           // it: after the first read, parse a copy so that a long watch holds one table, not one per change.
-          const parsed = parseMountInfoLine(baseline ? line : Buffer.from(line, "utf8").toString("utf8"));
+          // (The text is a byte string, one character per byte: latin1 copies it as it is.)
+          const parsed = parseMountInfoLine(baseline ? line : Buffer.from(line, "latin1").toString("latin1"));
           if (typeof parsed === "string") {
-            const issue: MountInfoIssue = { line: lineNo, text: line, reason: parsed };
+            const issue: MountInfoIssue = { line: lineNo, text: decodeBytes(line), reason: parsed };
             if (this.#strict) throw new MountInfoParseError(issue);
             if (!this.#badLines.has(line)) this.#onIssue?.(issue);
             badLines.add(line);
@@ -277,9 +283,10 @@ class MountTableWatch implements MountWatch {
   async #view(e: Entry): Promise<MountInfo | OverlayMount | null> {
     if (e.view === undefined) {
       if (isOverlay(e.mount)) {
-        e.view = await settleUpperWork(toOverlayMount(e.mount), this.#pid === undefined ? "" : `/proc/${this.#pid}/root`);
+        const root = this.#pid === undefined ? "" : `/proc/${this.#pid}/root`;
+        e.view = mountInfoOut(await settleUpperWork(toOverlayMount(e.mount), root), this.#encoding, OVERLAY_PATHS);
       } else {
-        e.view = this.#all ? e.mount : null;
+        e.view = this.#all ? mountInfoOut(e.mount, this.#encoding) : null;
       }
     }
     return e.view;

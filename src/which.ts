@@ -7,11 +7,11 @@
  */
 import type { Stats } from "node:fs";
 import { lstat, realpath } from "node:fs/promises";
-import { isAbsolute, posix, resolve } from "node:path";
-import { OverlayError } from "./errors.js";
-import { list } from "./table.js";
+import { isAbsolute, posix } from "node:path";
+import { type PathEncoding, type PathLike, bytesOf, checkEncoding, checkPathLike, decodeBytes, encodeOut, toBuffer } from "./bytes.js";
+import { OverlayError, invalidArgType } from "./errors.js";
+import { absoluteBytes, listBytes } from "./table.js";
 import type { MountInfo, OverlayMount } from "./types.js";
-import { checkPathArg } from "./validate.js";
 import {
   LayerReader,
   checkXattrAccess,
@@ -201,36 +201,52 @@ export class LowerLayers {
 // --- finding the overlay that serves a path ------------------------------------------------------------
 
 /** A layer an answer names: its root, kind and 1-based position among layers of its kind (upper: 0). */
-export interface LayerRef {
-  layer: string;
+export interface LayerRef<P extends string | Buffer = string> {
+  layer: P;
   kind: LayerKind;
   index: number;
   /** The entry itself, on the layer's own filesystem. */
-  realPath: string;
+  realPath: P;
 }
 
 /** Where a path of a mounted overlay comes from. */
-export interface WhichResult extends LayerRef {
+export interface WhichResult<P extends string | Buffer = string> extends LayerRef<P> {
   /** The path asked about, absolute. */
-  path: string;
+  path: P;
   /** The overlay's mount point. */
-  target: string;
+  target: P;
   /** The path inside the overlay, from its root (`/` for the root). */
-  overlayPath: string;
+  overlayPath: P;
   type: EntryType;
   /** A metadata-only copy: `layer` gives the metadata, `data` the contents (when found). */
   metadataOnly?: true;
-  data?: LayerRef;
+  data?: LayerRef<P>;
   /** Directories: every layer merged into it, top first (the first is `layer`). */
-  mergedFrom?: LayerRef[];
+  mergedFrom?: LayerRef<P>[];
 }
 
-/** The mount table entry of the overlay mounted at or containing `dir`, or a clear error naming `path`. */
+/**
+ * An error whose message and paths were built from byte strings (src/bytes.ts): shown as UTF-8, undecodable
+ * bytes as U+DC80-U+DCFF.
+ */
+function layerError(code: string, detail: string, info: { syscall: string; path?: string; dest?: string; hint?: string }): OverlayError {
+  return new OverlayError(code, decodeBytes(detail), {
+    ...info,
+    ...(info.path !== undefined ? { path: decodeBytes(info.path) } : {}),
+    ...(info.dest !== undefined ? { dest: decodeBytes(info.dest) } : {}),
+    ...(info.hint !== undefined ? { hint: decodeBytes(info.hint) } : {}),
+  });
+}
+
+/**
+ * The mount table entry (byte-string fields) of the overlay mounted at or containing `dir` (a byte string),
+ * or a clear error naming `path`.
+ */
 export async function overlayServing(dir: string, path = dir): Promise<OverlayMount> {
-  const found = await list({ target: dir, all: true });
+  const found = await listBytes({ target: dir, all: true });
   const m = found[0] as MountInfo | OverlayMount | undefined;
   if (!m || m.fstype !== "overlay" || !("lower" in m)) {
-    throw new OverlayError("EINVAL", `not inside an overlay${m ? ` (the mount at ${m.target} is ${m.fstype})` : ""}`, {
+    throw layerError("EINVAL", `not inside an overlay${m ? ` (the mount at ${m.target} is ${m.fstype})` : ""}`, {
       syscall: "statx",
       path,
     });
@@ -246,14 +262,14 @@ function checkLayersReadable(m: OverlayMount): void {
     if (/^\/proc\/(self|thread-self|\d+)\/fd\//.test(layer)) {
       // ovl's `string` and `legacy` strategies (kernels before 6.13) hand layers over as the mounting process's
       // magic links: here the same text would name one of *this* process's fds.
-      throw new OverlayError(
+      throw layerError(
         "EINVAL",
         `the mount table names layer '${layer}' by a file descriptor of the process that mounted it, which cannot be found from here`,
         { syscall: "open", path: layer, dest: m.target, hint: "pass the layers themselves: diff({ upper, lower }), or mount with the `fd` strategy (Linux 6.13+)" },
       );
     }
     if (!isAbsolute(layer)) {
-      throw new OverlayError("EINVAL", `the mount table gives layer '${layer}' as a relative path, which cannot be found from here`, {
+      throw layerError("EINVAL", `the mount table gives layer '${layer}' as a relative path, which cannot be found from here`, {
         syscall: "open",
         path: layer,
         dest: m.target,
@@ -261,7 +277,7 @@ function checkLayersReadable(m: OverlayMount): void {
       });
     }
     if (layer === m.target || layer.startsWith(m.target === "/" ? "/" : `${m.target}/`)) {
-      throw new OverlayError("EINVAL", `layer '${layer}' lies under the overlay's own mount point and is hidden by it`, {
+      throw layerError("EINVAL", `layer '${layer}' lies under the overlay's own mount point and is hidden by it`, {
         syscall: "open",
         path: layer,
         dest: m.target,
@@ -280,7 +296,7 @@ function ref(kind: LayerKind, layer: string, index: number, path: string): Layer
 }
 
 function enoent(path: string, why: string): OverlayError {
-  return new OverlayError("ENOENT", `no layer serves it: ${why}`, { syscall: "lstat", path });
+  return layerError("ENOENT", `no layer serves it: ${why}`, { syscall: "lstat", path });
 }
 
 const typeOfStats = (st: Stats): EntryType =>
@@ -301,11 +317,11 @@ const typeOfStats = (st: Stats): EntryType =>
 /** realpath(3) of a directory the path goes through, as an OverlayError naming the path asked about. */
 async function realDir(dir: string, path: string): Promise<string> {
   try {
-    return await realpath(dir);
+    return bytesOf(await realpath(toBuffer(dir), { encoding: "buffer" }));
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === "ENOENT" || err.code === "ENOTDIR") {
-      throw new OverlayError(err.code, `'${dir}' is not a directory that exists`, { syscall: "realpath", path });
+      throw layerError(err.code, `'${dir}' is not a directory that exists`, { syscall: "realpath", path });
     }
     throw e;
   }
@@ -315,12 +331,38 @@ async function realDir(dir: string, path: string): Promise<string> {
  * The layer that serves `path` in the overlay mounted at or above it: `{ path, layer, kind }` (plus where
  * exactly, metacopy data and, for directories, every merged layer). ENOENT when nothing serves it.
  */
-export async function which(path: string): Promise<WhichResult> {
-  checkPathArg(path, "path");
-  const abs = resolve(path);
+export async function which(path: PathLike, options?: WhichOptions & { encoding?: "utf8" }): Promise<WhichResult>;
+export async function which(path: PathLike, options: WhichOptions & { encoding: "buffer" }): Promise<WhichResult<Buffer>>;
+export async function which(path: PathLike, options?: WhichOptions): Promise<WhichResult<string | Buffer>> {
+  if (options !== undefined && (typeof options !== "object" || options === null)) throw invalidArgType("options", "of type object", options);
+  const encoding = checkEncoding(options?.encoding);
+  return whichOut(await whichBytes(absoluteBytes(checkPathLike(path, "path"))), encoding);
+}
+
+/** Options of which(). */
+export interface WhichOptions {
+  /** Paths as strings (`"utf8"`, the default; undecodable bytes as U+DC80-U+DCFF) or Buffers (`"buffer"`). */
+  encoding?: PathEncoding;
+}
+
+function whichOut(r: WhichResult, encoding: PathEncoding): WhichResult<string | Buffer> {
+  const refOut = (x: LayerRef): LayerRef<string | Buffer> => ({ ...x, layer: encodeOut(x.layer, encoding), realPath: encodeOut(x.realPath, encoding) });
+  return {
+    ...r,
+    ...refOut(r),
+    path: encodeOut(r.path, encoding),
+    target: encodeOut(r.target, encoding),
+    overlayPath: encodeOut(r.overlayPath, encoding),
+    ...(r.data ? { data: refOut(r.data) } : {}),
+    ...(r.mergedFrom ? { mergedFrom: r.mergedFrom.map(refOut) } : {}),
+  };
+}
+
+/** which() on byte strings: `abs` is an absolute path as bytes, and so is every path of the answer. */
+async function whichBytes(abs: string): Promise<WhichResult> {
   let st: Stats | undefined;
   try {
-    st = await lstat(abs);
+    st = await lstat(toBuffer(abs));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code !== "ENOENT" && code !== "ENOTDIR") throw e;
@@ -339,10 +381,11 @@ export async function which(path: string): Promise<WhichResult> {
   } catch (e) {
     // The overlay shows it, yet no layer holds it: a layer changed under the overlay (or its mount went away).
     if (st && e instanceof OverlayError && e.code === "ENOENT") {
+      // (e.message is already shown as UTF-8: only the byte strings here are decoded.)
       throw new OverlayError(
         "EIO",
-        `the layers and the overlay disagree about '${overlayPath}' (the overlay shows a ${typeOfStats(st)}, but ${e.message.replace(/^ENOENT: /, "").replace(/, lstat '.*$/, "")}; was a layer changed or unmounted while mounted?)`,
-        { syscall: "lstat", path: abs },
+        `the layers and the overlay disagree about '${decodeBytes(overlayPath)}' (the overlay shows a ${typeOfStats(st)}, but ${e.message.replace(/^ENOENT: /, "").replace(/, lstat '.*$/, "")}; was a layer changed or unmounted while mounted?)`,
+        { syscall: "lstat", path: decodeBytes(abs) },
       );
     }
     throw e;
@@ -350,7 +393,7 @@ export async function which(path: string): Promise<WhichResult> {
   // The kernel has the last word: never name a layer for something the overlay does not show.
   if (!st) throw enoent(abs, `'${overlayPath}' is not in the overlay`);
   if (typeOfStats(st) !== result.type) {
-    throw new OverlayError(
+    throw layerError(
       "EIO",
       `the layers and the overlay disagree about '${overlayPath}' (${result.type} in the layers, ${typeOfStats(st)} in the overlay; was a layer changed while mounted?)`,
       { syscall: "lstat", path: abs },
@@ -371,7 +414,11 @@ export async function lookupPath(m: OverlayMount, overlayPath: string, path: str
     ...m.data.map((l, i) => ({ path: l, role: `data layer ${i + 1}` })),
   ]).catch((e: OverlayError) => {
     // A layer the overlay holds but this namespace no longer reaches (its own mount is gone, say).
-    throw new OverlayError("EIO", `the layers and the overlay disagree: ${e.message}`, { syscall: e.syscall, path, dest: m.target });
+    throw new OverlayError("EIO", `the layers and the overlay disagree: ${e.message}`, {
+      syscall: e.syscall,
+      path: decodeBytes(path),
+      dest: decodeBytes(m.target),
+    });
   });
   try {
     const first = hasUpper ? 1 : 0;
@@ -433,7 +480,7 @@ async function lookupIn(m: OverlayMount, reader: LayerReader, lowers: LowerLayer
     const dirHits = lower.hits.filter((h) => h.entry.type === "directory");
     if (k < parts.length - 1) {
       if (top.type !== "directory") {
-        throw new OverlayError("ENOTDIR", `'${here}' is not a directory`, { syscall: "lstat", path });
+        throw layerError("ENOTDIR", `'${here}' is not a directory`, { syscall: "lstat", path });
       }
       upperDir = upper ? upperPath : undefined;
       lowerDirs = upper && upper.opaque ? [] : dirHits;

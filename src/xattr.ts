@@ -7,6 +7,7 @@
 import { closeSync } from "node:fs";
 import { constants } from "node:os";
 import { inUserNamespace } from "./userns.js";
+import { decodeBytes, nativePath } from "./bytes.js";
 import { OverlayError, describeErrno, fromNative } from "./errors.js";
 import { native, type NativeEntry, type NativeFailure } from "./native.js";
 
@@ -59,7 +60,8 @@ export function interpretEntry(raw: NativeEntry & { errno?: undefined }, prefix:
     (type === "file" && raw.size === 0 && overlay.whiteout !== undefined);
   // `opaque` = "x" marks a directory that holds xattr whiteouts; only "y" makes it opaque.
   const opaque = type === "directory" && overlay.opaque?.toString("latin1") === "y";
-  const redirect = overlay.redirect && overlay.redirect.length > 0 ? overlay.redirect.toString("utf8") : undefined;
+  // A redirect names a path in the layers: its bytes, as a byte string like every name.
+  const redirect = overlay.redirect && overlay.redirect.length > 0 ? overlay.redirect.toString("latin1") : undefined;
   return {
     type,
     mode: raw.mode,
@@ -119,7 +121,7 @@ const lastName = (l: Loc) => l.path.slice(l.path.lastIndexOf("/") + 1);
 
 /** A layer root, opened once: every read of the layer goes through this fd. */
 export interface LayerRoot {
-  /** The path the kernel holds for it, for messages and results. */
+  /** The path the kernel holds for it (a byte string), for messages and results. */
   real: string;
   fd: number;
 }
@@ -129,13 +131,14 @@ export interface LayerRoot {
  * them with `closeLayerRoots` when done.
  */
 export async function openLayerRoots(paths: { path: string; role: string }[]): Promise<LayerRoot[]> {
-  const { paths: opened } = await native().openPaths(paths.map((p) => p.path));
+  const { paths: opened } = await native().openPaths(paths.map((p) => nativePath(p.path)));
   const roots: LayerRoot[] = [];
   let failure: OverlayError | undefined;
   opened.forEach((o, i) => {
-    if (o.errno === undefined) roots.push({ real: o.realpath.toString(), fd: o.fd });
+    if (o.errno === undefined) roots.push({ real: o.realpath, fd: o.fd });
     else if (!failure) {
-      const { path, role } = paths[i]!;
+      const role = paths[i]!.role;
+      const path = decodeBytes(paths[i]!.path);
       const { code, description } = describeErrno(o.errno);
       failure =
         code === "ENOENT" || code === "ENOTDIR"
@@ -181,8 +184,8 @@ export class LayerReader {
     return root === "/" ? l.path : `${root}${l.path}`;
   }
 
-  private dirArg(l: Loc): [number, string] {
-    return [this.roots[l.root]!.fd, l.path.slice(1)];
+  private dirArg(l: Loc): [number, string | Buffer] {
+    return [this.roots[l.root]!.fd, nativePath(l.path.slice(1))];
   }
 
   /** Scans directories not yet cached; a directory that cannot be read is an error naming it. */
@@ -213,7 +216,7 @@ export class LayerReader {
   /** The entries of a scanned directory. */
   entries(dir: Loc): Map<string, LayerEntry> {
     const entries = this.dirs.get(locKey(dir));
-    if (!entries) throw new Error(`ovl internal: directory not scanned: ${this.display(dir)}`);
+    if (!entries) throw new Error(`ovl internal: directory not scanned: ${decodeBytes(this.display(dir))}`);
     return entries;
   }
 
@@ -234,7 +237,7 @@ export class LayerReader {
       batches.map(async (batch) => {
         const items = batch.map((p) => {
           const [fd, dir] = this.dirArg({ root: p.root, path: p.path.slice(0, p.path.lastIndexOf("/")) });
-          return [fd, dir, lastName(p)] as [number, string, string];
+          return [fd, dir, nativePath(lastName(p))] as [number, string | Buffer, string | Buffer];
         });
         const results = await native().lstatXattrs(items, this.prefix);
         results.forEach((r, k) => {
@@ -270,7 +273,7 @@ export class LayerReader {
   }
 
   private walkError(r: { errno: number; syscall: string }, place: Loc, what: string): OverlayError {
-    const path = this.display(place);
+    const path = decodeBytes(this.display(place));
     if (r.syscall === "openat2" && (r.errno === ELOOP || r.errno === EXDEV)) {
       return new OverlayError(
         describeErrno(r.errno).code,
@@ -291,7 +294,7 @@ export class LayerReader {
     if (raw.errno !== undefined) throw this.walkError(raw, place, "reading a layer");
     if (raw.xattrErrno !== undefined) {
       throw fromNative({ errno: raw.xattrErrno, syscall: raw.xattrSyscall ?? "llistxattr", messages: [] } as NativeFailure, {
-        path: this.display(place),
+        path: decodeBytes(this.display(place)),
         what: `reading ${this.prefix}* xattrs`,
       });
     }

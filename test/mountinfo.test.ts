@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
+import { decodeBytes } from "../src/bytes.js";
 import { describe, expect, it } from "vitest";
 import {
   decodeMountInfoField,
@@ -309,6 +310,40 @@ describe("parseMountInfo on malformed lines", () => {
   });
 });
 
+describe("lines with an empty field the kernel always fills", () => {
+  it("are issues, not mounts read one field off (procfs's real rootfs line among them); an empty source is fine", () => {
+    const cases: [string, string][] = [
+      ["1 1 0:5 /  /root rw,nosuid shared:8 - rootfs rootfs rw", "empty mount point field"],
+      ["1 1 0:5  /root rw - rootfs rootfs rw", "empty root field"],
+      ["1 1 0:5 / /root  - rootfs rootfs rw", "empty mount options field"],
+      ["1 1 0:5 / /root rw -  rootfs rw", "empty filesystem type field"],
+      ["1 1 0:5 / /root rw - rootfs rootfs ", "empty super options field"],
+    ];
+    for (const [line, reason] of cases) {
+      const r = parseMountInfo(`${line}\n`);
+      expect([line, r.mounts, r.issues]).toEqual([line, [], [{ line: 1, text: line, reason }]]);
+      expect(() => parseMountInfo(line, { strict: true })).toThrow(MountInfoParseError);
+    }
+    const empty = parseMountInfo("36 35 98:0 /mnt1 /mnt2 rw - ext3  rw,errors=continue\n");
+    expect(empty.issues).toEqual([]);
+    expect(empty.mounts[0]).toMatchObject({ source: "", superOptions: ["rw", "errors=continue"] });
+  });
+
+  it("keeps a CR before the newline and every byte, as Buffers when asked", () => {
+    const raw = Buffer.concat([Buffer.from("36 35 98:0 / /t\\040"), Buffer.from([0xff, 0xfe]), Buffer.from(" rw - ext4 /dev/x rw\r\n")]);
+    const [asBytes] = parseMountInfo(raw, { encoding: "buffer" }).mounts;
+    expect(asBytes!.target).toEqual(Buffer.from([0x2f, 0x74, 0x20, 0xff, 0xfe]));
+    expect(asBytes!.superOptions).toEqual([Buffer.from("rw\r")]);
+    const [asText] = parseMountInfo(raw).mounts;
+    expect(asText!.target).toBe("/t \udcff\udcfe");
+    expect(asText!.nonUtf8).toEqual(["target"]);
+    expect(asText!.superOptions).toEqual(["rw\r"]);
+    // Two names the old decoding made one: the bytes of U+FFFD and a byte that is no UTF-8.
+    const two = parseMountInfo(Buffer.concat([Buffer.from("1 0 0:1 / /t"), Buffer.from([0xff]), Buffer.from(" rw - a b rw\n1 0 0:1 / /t\xef\xbf\xbd rw - a b rw\n", "latin1")])).mounts;
+    expect(two.map((m) => m.target)).toEqual(["/t\udcff", "/t\ufffd"]);
+  });
+});
+
 describe("decodeMountInfoField", () => {
   it("returns the same string when there is no backslash", () => {
     const s = "/plain/path:with=odd#chars";
@@ -337,15 +372,17 @@ describe("decodeMountInfoField", () => {
     expect(decodeMountInfoField("\\:\\,")).toBe("\\:\\,");
   });
 
-  it("decodes escaped bytes >= 0x80 as UTF-8", () => {
-    expect(decodeMountInfoField("caf\\303\\251")).toBe("café");
-    expect(decodeMountInfoField("\\346\\227\\245x\\040y")).toBe("日x y");
-    expect(decodeMountInfoField("bad\\377")).toBe("bad\uFFFD");
+  it("decodes escaped bytes >= 0x80 to those bytes (a byte string), which the string view reads as UTF-8", () => {
+    expect(decodeMountInfoField("caf\\303\\251")).toBe("caf\xc3\xa9");
+    expect(decodeBytes(decodeMountInfoField("caf\\303\\251"))).toBe("café");
+    expect(decodeBytes(decodeMountInfoField("\\346\\227\\245x\\040y"))).toBe("日x y");
+    // Not UTF-8: the byte stays itself, shown as a lone surrogate (surrogateescape), never U+FFFD.
+    expect(decodeBytes(decodeMountInfoField("bad\\377"))).toBe("bad\udcff");
   });
 
   it("copes with very long runs of escapes", () => {
     expect(decodeMountInfoField("\\040".repeat(200_000))).toBe(" ".repeat(200_000));
-    expect(decodeMountInfoField("\\303\\251".repeat(100_000))).toBe("é".repeat(100_000));
+    expect(decodeBytes(decodeMountInfoField("\\303\\251".repeat(100_000)))).toBe("é".repeat(100_000));
   });
 });
 
@@ -441,13 +478,15 @@ describe("parseMountInfo properties", () => {
     parentId: fc.nat(2 ** 31),
     major: fc.nat(4095),
     minor: fc.nat(2 ** 20),
-    root: text(),
-    target: text(),
-    mountOptions: fc.array(option, { maxLength: 5 }),
+    // The kernel never prints root, mount point, options or type empty (an empty one is an issue, tested
+    // above); the source may be empty.
+    root: text().filter((t) => t.length > 0),
+    target: text().filter((t) => t.length > 0),
+    mountOptions: fc.array(option, { minLength: 1, maxLength: 5 }),
     optionalFields: fc.array(optionalField, { maxLength: 3 }),
-    fstype: text(6),
+    fstype: text(6).filter((t) => t.length > 0),
     source: text(),
-    superOptions: fc.array(option, { maxLength: 6 }),
+    superOptions: fc.array(option, { minLength: 1, maxLength: 6 }),
   });
 
   it("round-trips generated mounts through the kernel's line format", () => {
@@ -465,7 +504,7 @@ describe("parseMountInfo properties", () => {
   it("with `fstype`, gives exactly the mounts of that type (generated lines)", () => {
     const typed = fc.record({
       mount: mountInfo,
-      fstype: fc.oneof(fc.constantFrom("overlay", "overlayfs", "overlay.sub", "tmpfs", "over lay", "-"), text(6)),
+      fstype: fc.oneof(fc.constantFrom("overlay", "overlayfs", "overlay.sub", "tmpfs", "over lay", "-"), text(6).filter((t) => t.length > 0)),
     });
     fc.assert(
       fc.property(fc.array(typed, { minLength: 1, maxLength: 8 }), fc.nat(7), (rows, pick) => {
