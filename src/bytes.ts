@@ -129,28 +129,6 @@ export function checkPathLike(value: unknown, name: string): string {
 }
 
 /**
- * A byte string for people, as `ls -b` shows names: valid UTF-8 as it is, every other byte as `\xNN`, and
- * control, bidi and zero-width characters escaped too, so a name cannot forge a line, a column or its
- * reading order. Backslash itself is doubled, so the escaping cannot be faked.
- */
-export function printableBytes(b: string): string {
-  const s = decodeBytes(b);
-  let out = "";
-  for (const ch of s) {
-    const c = ch.codePointAt(0)!;
-    if (c >= 0xdc80 && c <= 0xdcff) out += `\\x${(c - 0xdc00).toString(16).padStart(2, "0")}`;
-    else if (ch === "\\") out += "\\\\";
-    else if (c < 0x20 || c === 0x7f || (c >= 0x80 && c < 0xa0)) out += c === 0x0a ? "\\n" : c === 0x09 ? "\\t" : `\\x${c.toString(16).padStart(2, "0")}`;
-    else if (INVISIBLE.test(ch)) out += `\\u{${c.toString(16)}}`;
-    else out += ch;
-  }
-  return out;
-}
-
-/** Bidi controls, zero-width characters and other invisible formatting (Unicode category Cf), and separators. */
-const INVISIBLE = /[\p{Cf}\u2028\u2029]/u;
-
-/**
  * A path string as ovl gives it back to its exact bytes (U+DC80-U+DCFF stand for the bytes that were not
  * UTF-8), for `node:fs` and other tools: `fs.readdirSync(pathToBuffer(m.target))`.
  */

@@ -6,6 +6,8 @@
  */
 import { readFileSync, realpathSync } from "node:fs";
 import { realpath } from "node:fs/promises";
+import { exactArgv } from "./argv.js";
+import { bufferToPath, pathToBuffer } from "./bytes.js";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
@@ -109,6 +111,7 @@ export function reportError(command: string, err: unknown, details: { lines: str
 interface LsOptions {
   all?: boolean;
   pid?: string;
+  file?: string;
   json?: boolean;
   watch?: boolean;
 }
@@ -127,7 +130,7 @@ function pidOption(value: string | undefined): number | undefined {
 async function lsWatch(target: string | undefined, opts: LsOptions): Promise<number> {
   const pid = pidOption(opts.pid);
   // Mount targets in the table are canonical paths: compare with the canonical form of the one given.
-  const path = target !== undefined ? await realpath(resolve(target)) : undefined;
+  const path = target !== undefined ? bufferToPath(await realpath(pathToBuffer(resolve(target)), { encoding: "buffer" })) : undefined;
   await using events = watch({
     ...(opts.all ? { all: true } : {}),
     ...(pid !== undefined ? { pid } : {}),
@@ -143,11 +146,15 @@ async function lsWatch(target: string | undefined, opts: LsOptions): Promise<num
 }
 
 async function lsCommand(target: string | undefined, opts: LsOptions): Promise<number> {
+  if (opts.file !== undefined && (opts.pid !== undefined || opts.watch)) {
+    throw new UsageError("--file cannot be combined with --pid or --watch", "ovl ls [-F FILE] [TARGET]");
+  }
   if (opts.watch) return lsWatch(target, opts);
   const pid = pidOption(opts.pid);
   const mounts = await list({
     ...(opts.all ? { all: true } : {}),
     ...(pid !== undefined ? { pid } : {}),
+    ...(opts.file !== undefined ? { file: opts.file } : {}),
     ...(target !== undefined ? { target } : {}),
     onIssue: (issue) => console.error(`ovl: ls: skipped mountinfo line ${issue.line}: ${issue.reason}`),
   });
@@ -296,10 +303,10 @@ async function explainBusy(target: string): Promise<{ lines: string[]; hints: st
 /** The mount points to unmount for `umount -R target`: everything below it, deepest first, then it. */
 async function recursiveTargets(target: string): Promise<string[]> {
   const path = resolve(target);
-  const real = await realpath(path);
+  const real = bufferToPath(await realpath(pathToBuffer(path), { encoding: "buffer" }));
   let id: number;
   try {
-    id = (await native().mountId(real, false)).mountId;
+    id = (await native().mountId(pathToBuffer(real), false)).mountId;
   } catch (e) {
     const { code, description } = describeErrno((e as NativeFailure).errno);
     throw Object.assign(new Error(description), { code, path, syscall: "statx" });
@@ -406,6 +413,7 @@ export function buildProgram(): Command {
     .argument("[target]", "only the mount at or containing this path (with --watch: only mounts and unmounts exactly on this path)")
     .option("-A, --all", "every mount, not only overlays")
     .option("-N, --pid <pid>", "the mount namespace of process PID")
+    .option("-F, --file <file>", "read a saved mountinfo file instead (from another machine or a bug report)")
     .option("-J, --json", "JSON output for scripts (with --watch: one object per line)")
     .option("-w, --watch", "print mounts and unmounts as they happen, until interrupted (like findmnt --poll)")
     .action(async (target: string | undefined, opts: LsOptions) => {
@@ -506,7 +514,7 @@ if (isEntryPoint()) {
     if (err.code === "EPIPE") process.exit(process.exitCode ?? 0);
     throw err;
   });
-  main(process.argv).then((code) => {
+  main(exactArgv(process.argv)).then((code) => {
     process.exitCode = code;
   });
 }

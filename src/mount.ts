@@ -436,6 +436,8 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
   declare upper?: string;
   declare work?: string;
   declare features: OverlayMount["features"];
+  /** The path fields whose bytes are not UTF-8 (shown with U+DC80-U+DCFF), when there are any. */
+  declare nonUtf8?: string[];
   /** The kernel's unique 64-bit mount id (6.8+), which is never reused; absent on older kernels. */
   declare uniqueId?: number;
   /** How the layers were handed to the kernel. */

@@ -4,14 +4,16 @@ import type { MountInfo, OverlayMount } from "./types.js";
 
 /**
  * A path as it is safe to print: control characters and backslashes escaped (`\n`, `\t`, `\x1b`, `\\`), so a
- * name cannot forge a table row or move the cursor.
+ * name cannot forge a table row or move the cursor; bytes that are not UTF-8 (ovl's U+DC80-U+DCFF) shown as
+ * `\xff`, as `ls -b` does.
  */
 export function printable(s: string, opts: { keepNewlines?: boolean } = {}): string {
-  return s.replace(/[\\\x00-\x1f\x7f-\x9f]/g, (c) => {
+  return s.replace(/[\\\x00-\x1f\x7f-\x9f]|(?<![\ud800-\udbff])[\udc80-\udcff]/g, (c) => {
     if (c === "\\") return opts.keepNewlines === false ? "\\" : "\\\\";
     if (c === "\n") return opts.keepNewlines === false ? " " : "\\n";
     if (c === "\t") return "\\t";
-    return `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`;
+    const code = c.charCodeAt(0);
+    return `\\x${(code >= 0xdc80 ? code - 0xdc00 : code).toString(16).padStart(2, "0")}`;
   });
 }
 

@@ -25,36 +25,61 @@ export function requirePrivateMountNamespace(): void {
   }
 }
 
-/** Decodes mountinfo's octal escapes; written apart from src/ so tests do not check the parser with itself. */
-function unoctal(s: string): string {
+/** Decodes mountinfo's octal escapes to bytes; written apart from src/ so tests do not check the parser with itself. */
+function unoctal(raw: Buffer): Buffer {
   const bytes: number[] = [];
-  const raw = Buffer.from(s, "utf8");
   for (let i = 0; i < raw.length; i++) {
     if (raw[i] === 0x5c && i + 3 < raw.length + 0 && /^[0-7]{3}$/.test(raw.subarray(i + 1, i + 4).toString())) {
       bytes.push(parseInt(raw.subarray(i + 1, i + 4).toString(), 8));
       i += 3;
     } else bytes.push(raw[i]!);
   }
-  return Buffer.from(bytes).toString("utf8");
+  return Buffer.from(bytes);
 }
 
 export interface RawMount {
   id: number;
+  /** The mount point as UTF-8 (lossy for bytes that are not UTF-8: see targetBytes). */
   target: string;
+  targetBytes: Buffer;
   fstype: string;
   superOptions: string;
 }
 
 /** Every mount in this namespace, straight from /proc/self/mountinfo. */
 export function rawMounts(): RawMount[] {
-  return readFileSync("/proc/self/mountinfo", "utf8")
-    .split("\n")
-    .filter(Boolean)
-    .map((line) => {
-      const f = line.split(" ");
-      const sep = f.indexOf("-", 6);
-      return { id: Number(f[0]), target: unoctal(f[4]!), fstype: f[sep + 1]!, superOptions: f[sep + 3] ?? "" };
+  const text = readFileSync("/proc/self/mountinfo");
+  const out: RawMount[] = [];
+  for (let p = 0; p < text.length; ) {
+    let nl = text.indexOf(0x0a, p);
+    if (nl < 0) nl = text.length;
+    const line = text.subarray(p, nl);
+    p = nl + 1;
+    if (line.length === 0) continue;
+    const f: Buffer[] = [];
+    for (let q = 0; q <= line.length; ) {
+      let sp = line.indexOf(0x20, q);
+      if (sp < 0) sp = line.length;
+      f.push(line.subarray(q, sp));
+      q = sp + 1;
+    }
+    const sep = f.findIndex((x, i) => i >= 6 && x.length === 1 && x[0] === 0x2d);
+    const targetBytes = unoctal(f[4]!);
+    out.push({
+      id: Number(f[0]!.toString()),
+      target: targetBytes.toString("utf8"),
+      targetBytes,
+      fstype: f[sep + 1]!.toString(),
+      superOptions: (f[sep + 3] ?? Buffer.alloc(0)).toString("utf8"), // as printed: escapes kept
     });
+  }
+  return out;
+}
+
+/** `umount -l` of a mount point given as bytes (through bash's $'\xNN' quoting: Node's argv is strings). */
+export function umountLazy(target: Buffer): void {
+  const quoted = `$'${[...target].map((b) => `\\x${b.toString(16).padStart(2, "0")}`).join("")}'`;
+  execFileSync("bash", ["-c", `umount -l ${quoted}`]);
 }
 
 /** Mount points at or below `dir`. */
@@ -90,9 +115,7 @@ export function scratch(prefix = "ovl-test-"): Scratch {
       return path(name);
     },
     cleanup: () => {
-      for (const m of mountsUnder(dir).sort((a, b) => b.target.length - a.target.length)) {
-        execFileSync("umount", ["-l", m.target]);
-      }
+      for (const m of mountsUnder(dir).sort((a, b) => b.targetBytes.length - a.targetBytes.length)) umountLazy(m.targetBytes);
       rmSync(dir, { recursive: true, force: true });
     },
   };
