@@ -223,7 +223,8 @@ async function mountCommand(args: string[], opts: MountCliOptions): Promise<numb
   // mount(8)'s `mount -t overlay SOURCE TARGET` form: with two arguments the first is the source.
   if (args.length > 2) throw new UsageError(`too many arguments: ${args.map((a) => `'${a}'`).join(" ")}`, "ovl mount [options] [SOURCE] TARGET");
   const [source, target] = args.length === 2 ? [args[0], args[1]!] : [undefined, args[0]!];
-  const m = await mount(mountSpecFromCli(source, target, opts));
+  // A command line refuses an upper/work directory in use by another overlay up front (the library's opt-in).
+  const m = await mount({ ...mountSpecFromCli(source, target, opts), refuseInUse: true });
   // What the kernel said of a mount that succeeded (a fallback, a layer feature): diagnostics, on stderr.
   for (const w of m.warnings) console.error(`ovl: mount ${printable(m.target)}: kernel: ${w.replace(/^overlay(fs)?: /, "")}`);
   if (process.stdout.isTTY) {

@@ -104,6 +104,7 @@ export async function runInOverlay(spec: RunSpec, command: string[]): Promise<nu
       mkdirSync(work);
     }
     const m = await mountOverlay({
+      refuseInUse: true,
       lower: spec.lower,
       target,
       ...(upper !== undefined ? { upper } : {}),

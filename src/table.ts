@@ -11,6 +11,7 @@ import {
   checkEncoding,
   checkPathLike,
   decodeBytes,
+  isAscii,
   nativePath,
   pathBytes,
   toBuffer,
@@ -197,6 +198,8 @@ export async function list(opts?: ListOptions): Promise<MountList<MountInfo<stri
     ...(target !== undefined ? { target: pathBytes(target) } : {}),
     ...(file !== undefined ? { file: pathBytes(file) } : {}),
   });
+  // An all-ASCII table (the usual one) reads the same in the string view: nothing to convert.
+  if (encoding === "utf8" && asciiTables.has(raw)) return raw;
   const out = raw.map((m) => ("lower" in m ? mountInfoOut(m, encoding, OVERLAY_PATHS) : mountInfoOut(m, encoding)));
   Object.defineProperty(out, "issues", { value: raw.issues, enumerable: false });
   return out as MountList<MountInfo<string | Buffer> | OverlayMount<string | Buffer>>;
@@ -245,5 +248,9 @@ export async function listBytes(o: Omit<ListOptions, "target" | "file"> & { targ
     } else if (o.all) out.push(m);
   }
   Object.defineProperty(out, "issues", { value: issues, enumerable: false });
+  if (isAscii(text)) asciiTables.add(out);
   return out;
 }
+
+/** listBytes() results read from a table that is all ASCII. */
+const asciiTables = new WeakSet<object>();

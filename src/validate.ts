@@ -36,6 +36,13 @@ export interface MountSpec {
   source?: string;
   /** How to hand the layers to the kernel (default `auto`: fds, else strings, else mount(2)). */
   strategy?: MountStrategy;
+  /**
+   * Refuse (EBUSY, naming the other mount) an upper or work directory that an overlay mounted in this mount
+   * namespace already uses: the kernel only warns (unless `index=on`) and wipes that mount's `work/work`.
+   * Costs a read of the mount table per mount (about 40 µs here; 30 ms with 10,000 mounts), so it is off by
+   * default; `ovl mount` and `ovl run` turn it on.
+   */
+  refuseInUse?: boolean;
 }
 
 /**
@@ -52,6 +59,7 @@ export interface ShapedSpec {
   flags: MountFlags;
   source: string;
   strategy: MountStrategy;
+  refuseInUse: boolean;
 }
 
 /** One path of a spec, opened once: the fd everything is done through, and the facts read from it. */
@@ -177,6 +185,7 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
     source = checkPathArg(s.source, "spec.source");
     if (Buffer.byteLength(source) > 255) throw invalidArgValue("spec.source", s.source, "must be at most 255 bytes");
   }
+  if (s.refuseInUse !== undefined && typeof s.refuseInUse !== "boolean") throw invalidArgType("spec.refuseInUse", "of type boolean", s.refuseInUse);
   const strategy = s.strategy ?? "auto";
   if (!["auto", "fd", "string", "legacy"].includes(strategy as string)) {
     throw invalidArgValue("spec.strategy", strategy, `must be one of "auto", "fd", "string", "legacy"`);
@@ -208,6 +217,7 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
     flags,
     source,
     strategy: strategy as MountStrategy,
+    refuseInUse: s.refuseInUse === true,
   };
 }
 
@@ -250,7 +260,7 @@ export function openRequest(spec: ShapedSpec): OpenRequest {
     paths: roles.map((r) => nativePath(r.path)),
     list: work < 0 ? [] : [work],
     probes: work < 0 ? [] : [[work, "work"], [work, "work/incompat/volatile/dirty"]],
-    table: work < 0 ? null : "/proc/self/mountinfo",
+    table: work < 0 || !spec.refuseInUse ? null : "/proc/self/mountinfo",
   };
 }
 

@@ -168,7 +168,7 @@ describe("a handle unmounts exactly its own mount", () => {
     const m = overlay.mountSync({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged });
     expect(m).toBeInstanceOf(overlay.MountedOverlay);
     expect(readdirSync(L.merged)).toEqual(["checked"]);
-    expect(() => overlay.mountSync({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged })).toThrow(
+    expect(() => overlay.mountSync({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged, refuseInUse: true })).toThrow(
       expect.objectContaining({ code: "EBUSY" }),
     );
     overlay.umountSync(L.merged);
@@ -180,7 +180,7 @@ describe("a handle unmounts exactly its own mount", () => {
 });
 
 describe("an upper or work directory a mounted overlay already uses", () => {
-  it("is refused with EBUSY naming the other mount, before the kernel would wipe that mount's work dir", async () => {
+  it("with refuseInUse, is refused with EBUSY naming the other mount, before the kernel would wipe that mount's work dir", async () => {
     const L = layout();
     const [m2, work2, upper2] = s.dirs("m2", "work2", "upper2");
     const first = await overlay.mount({ lower: [L.l1], upper: L.upper, work: L.work, target: L.merged });
@@ -189,7 +189,7 @@ describe("an upper or work directory a mounted overlay already uses", () => {
       [L.upper, work2!, "upper layer"],
       [upper2!, L.work, "work directory"],
     ] as const) {
-      const err = await overlay.mount({ lower: [L.l1], upper, work, target: m2! }).catch((e: unknown) => e);
+      const err = await overlay.mount({ lower: [L.l1], upper, work, target: m2!, refuseInUse: true }).catch((e: unknown) => e);
       expect(err).toMatchObject({ code: "EBUSY", errno: -16, syscall: "mount" });
       expect((err as Error).message).toContain(`${which} '${which === "upper layer" ? L.upper : L.work}' is already the ${which} of the overlay mounted at '${L.merged}'`);
     }
