@@ -39,7 +39,7 @@ import {
 } from "./native.js";
 import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings, toOverlayMount } from "./overlay-options.js";
 import { mountInfoFromStatmount } from "./statmount.js";
-import { inUserNamespace } from "./userns.js";
+import { inUserNamespace, overflowIds } from "./userns.js";
 import type { MountInfo, OverlayMount, OverlayOptions } from "./types.js";
 import {
   type CheckedSpec,
@@ -502,6 +502,29 @@ function withRootlessDefaults(spec: ShapedSpec): ShapedSpec {
 }
 
 /**
+ * In a user namespace a layer whose owner or group has no mapping shows as the overflow id (65534): the mount
+ * works, but copying anything up from it fails later with EOVERFLOW, in the user's own write or `rm`. Said up
+ * front, with the fix, from the facts already read off the layers' fds.
+ */
+function rootlessWarnings(spec: CheckedSpec): string[] {
+  if (!inUserNamespace()) return [];
+  const { uid, gid } = overflowIds();
+  const out: string[] = [];
+  for (const r of [...spec.lowerDirs, ...(spec.upperDir ? [spec.upperDir] : [])]) {
+    const unmappedUid = r.facts.uid === uid;
+    const unmappedGid = r.facts.gid === gid;
+    if (!unmappedUid && !unmappedGid) continue;
+    const who = unmappedUid && unmappedGid ? "owner and group" : unmappedUid ? "owner" : "group";
+    out.push(
+      `${r.label} '${decodeBytes(r.real)}' has an ${who} with no mapping in this user namespace (shown as ${r.facts.uid}:${r.facts.gid}): ` +
+        `changing files that come from it will fail with EOVERFLOW. Fix: outside the namespace, chown -R it to the ` +
+        `user and group that run ovl (e.g. chown -R "$(id -u):$(id -g)" DIR), or map those ids into the namespace`,
+    );
+  }
+  return out;
+}
+
+/**
  * Mounting, written once for the async and the sync form: one trip opens every path into an fd and reads
  * the facts the rules are checked on; one more hands the same fds to the kernel and describes the result.
  */
@@ -519,7 +542,7 @@ function* mountPlan(spec: unknown): Plan<MountedOverlay> {
     const made = strategy === "legacy" ? yield* mountByLegacy(checked) : yield* mountByFsConfig(checked, strategy === "fd");
     try {
       const entry = yield* describe(made, checked, strategy);
-      return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy, made.warnings);
+      return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy, [...rootlessWarnings(checked), ...made.warnings]);
     } catch (e) {
       // Leave nothing half-done: a mount the caller cannot be handed is taken down again, exactly it.
       if (made.unique) yield* umountByIdPlan(made.id, checked.targetDir.real, { lazy: true }, "ok");

@@ -18,3 +18,22 @@ export function inUserNamespace(): boolean {
   }
   return cached;
 }
+
+let overflow: { uid: number; gid: number } | undefined;
+
+/**
+ * The ids an unmapped owner shows as in a user namespace (/proc/sys/kernel/overflow{u,g}id, 65534 by default).
+ */
+export function overflowIds(): { uid: number; gid: number } {
+  if (overflow === undefined) {
+    const read = (name: string) => {
+      try {
+        return Number(readFileSync(`/proc/sys/kernel/${name}`, "utf8").trim()) || 65534;
+      } catch {
+        return 65534;
+      }
+    };
+    overflow = { uid: read("overflowuid"), gid: read("overflowgid") };
+  }
+  return overflow;
+}

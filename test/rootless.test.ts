@@ -53,6 +53,31 @@ describe.runIf(realRoot)("rootless: an ordinary user in a user namespace", () =>
     expect(readFileSync(`${l2}/dir/inner`, "utf8")).toBe("inner");
   });
 
+  it("warns up front about a layer whose owner has no mapping (65534), with the fix; EOVERFLOW is then what a write gets", () => {
+    const [upper, work, merged] = ownedByNobody("upper", "work", "merged");
+    const [rootOwned, mine] = s.dirs("root-owned", "mine");
+    writeFileSync(`${rootOwned}/file`, "root's");
+    chmodSync(`${rootOwned}/file`, 0o666); // writable by anyone: only the missing mapping can stop the write
+    chownSync(mine!, 65534, 65534);
+    writeFileSync(`${mine}/file`, "nobody's");
+    chownSync(`${mine}/file`, 65534, 65534);
+    const script = `
+      import * as overlay from ${JSON.stringify(dist)};
+      import { appendFileSync } from "node:fs";
+      const bad = await overlay.mount({ lower: [${JSON.stringify(rootOwned)}, ${JSON.stringify(mine)}], upper: ${JSON.stringify(upper)}, work: ${JSON.stringify(work)}, target: ${JSON.stringify(merged)} });
+      let write;
+      try { appendFileSync(${JSON.stringify(`${merged}/file`)}, "x"); write = "ok"; } catch (e) { write = e.code; }
+      console.log(JSON.stringify({ warnings: bad.warnings, write }));
+      await bad.unmount();`;
+    const r = runAsNobody(script, { userNamespace: true });
+    expect([r.status, r.stderr]).toEqual([0, ""]);
+    const out = JSON.parse(r.stdout) as { warnings: string[]; write: string };
+    expect(out.warnings).toHaveLength(1); // the root-owned lower only: nobody's own layers are mapped (as root)
+    expect(out.warnings[0]).toMatch(new RegExp(`lower layer 1 '${rootOwned}' has an owner and group with no mapping in this user namespace \\(shown as 65534:65534\\)`));
+    expect(out.warnings[0]).toContain('chown -R "$(id -u):$(id -g)"');
+    expect(out.write).toBe("EOVERFLOW"); // what the warning said would happen
+  });
+
   it("respects userxattr: false from the caller", () => {
     const [l1, upper, work, merged] = ownedByNobody("l1", "upper", "work", "merged");
     const script = `

@@ -15,7 +15,8 @@
  *                    trip 1 (openPaths): for lower, upper, work, target: open(O_PATH|O_DIRECTORY|O_CLOEXEC),
  *                      statx(AT_EMPTY_PATH), readlink(/proc/self/fd/N); the work dir listed through its fd;
  *                      openat2(work fd, "work", RESOLVE_BENEATH|NO_SYMLINKS|NO_MAGICLINKS) + statx + listing,
- *                      openat2 of "work/incompat/volatile/dirty"; /proc/self/mountinfo read whole;
+ *                      openat2 of "work/incompat/volatile/dirty"; /proc/self/mountinfo read whole only with
+ *                      OVL_CYCLE_REFUSE_IN_USE set (mount()'s refuseInUse, off by default);
  *                    trip 2 (fsMount): open /dev/kmsg + lseek(END), fsopen, fsconfig source + SET_FD per layer,
  *                      CMD_CREATE, fsmount, read of the fs-context log and of kmsg, statx of the mount fd,
  *                      move_mount(mfd, "", targetFd, "", F_EMPTY_PATH|T_EMPTY_PATH), statmount; the fds closed
@@ -272,7 +273,8 @@ static void mount_safe(const struct paths* p) {
   int dirty = open_beneath(fds[2], "work/incompat/volatile/dirty");
   if (dirty >= 0) close(dirty);
   lap(1, "probes");
-  read_table();
+  /* mount()'s in-use check reads the table only with refuseInUse (off by default, as here). */
+  if (getenv("OVL_CYCLE_REFUSE_IN_USE")) read_table();
   lap(2, "mountinfo");
   /* trip 2: fsMount */
   int kmsg = open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
