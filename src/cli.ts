@@ -43,12 +43,18 @@ type ErrorLike = Error & { code?: string; path?: string; hint?: string; syscall?
 
 const usageCodes = new Set(["EPERM", "EACCES"]);
 
-/** The exit code for an error, by kind. */
-function exitCodeFor(err: unknown): number {
+/** Commands whose failure is a failed mount or unmount (util-linux's 32); for the others it is a lookup (1). */
+const MOUNTING = new Set(["mount", "umount", "run", "demo"]);
+
+/**
+ * The exit code for an error, util-linux's rule for every command: 1 for usage, permission, or a lookup
+ * that found nothing or failed (`ls`, `which`, `diff`, `fuser`); 32 only for a failed mount or unmount.
+ */
+function exitCodeFor(command: string, err: unknown): number {
   const code = (err as ErrorLike)?.code;
   if (err instanceof UsageError || err instanceof MountOptionError) return EXIT.USAGE;
   if (code !== undefined && (usageCodes.has(code) || code.startsWith("ERR_"))) return EXIT.USAGE;
-  return EXIT.FAILURE;
+  return MOUNTING.has(command) ? EXIT.FAILURE : EXIT.USAGE;
 }
 
 /** What umount(8) says, in the same words, for the errors umount2(2) gives. */
@@ -66,8 +72,9 @@ const umountWords: Record<string, { what: string; hint?: (path: string) => strin
 /** The parts of an error line: the path it is about, what is wrong, the code and a hint. */
 function describeError(command: string, err: unknown): { path?: string; what: string; code?: string; hint?: string } {
   if (!(err instanceof Error)) return { what: String(err) };
-  const e = err as ErrorLike;
-  const path = e.path;
+  const e = err as ErrorLike & { dest?: string };
+  // A layer's fault is about a mount: the line names the act (mount TARGET), then the culprit in the text.
+  const path = command === "mount" && e.dest !== undefined ? e.dest : e.path;
   if (command === "umount" && e.code && umountWords[e.code] && path !== undefined) {
     const words = umountWords[e.code]!;
     return { path, what: words.what, code: e.code, ...(words.hint ? { hint: words.hint(path) } : {}) };
@@ -103,7 +110,7 @@ export function reportError(command: string, err: unknown, details: { lines: str
   for (const hint of [...details.hints, ...(d.hint ? [d.hint] : [])]) {
     console.error(`ovl: hint: ${printable(hint, { keepNewlines: false })}`);
   }
-  return exitCodeFor(err);
+  return exitCodeFor(command, err);
 }
 
 // --- ls ------------------------------------------------------------------------------------------------
@@ -160,8 +167,8 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
   });
   if (opts.json) {
     writeJson(mounts);
-    // As the table below: nothing at the target given is a failed lookup (findmnt(8) exits 1).
-    return target !== undefined && mounts.length === 0 ? EXIT.USAGE : EXIT.OK;
+    // As the table below: nothing found is a failed lookup (findmnt(8) exits 1).
+    return mounts.length === 0 ? EXIT.USAGE : EXIT.OK;
   }
   if (mounts.length === 0) {
     if (target !== undefined) {
@@ -169,7 +176,7 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
       return EXIT.USAGE;
     }
     if (process.stdout.isTTY) console.error("ovl: ls: no overlays mounted");
-    return EXIT.OK;
+    return EXIT.USAGE; // nothing found: 1, as findmnt(8)
   }
   process.stdout.write(formatMountList(mounts, { all: !!opts.all }));
   return EXIT.OK;
@@ -386,6 +393,12 @@ async function fuserCommand(target: string, opts: { json?: boolean }): Promise<n
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
+/** Every line of a message with ovl's prefix: the first with `first`, the rest (commander's "Did you mean") with `rest`. */
+function prefixLines(str: string, first: string, rest = first): string {
+  const lines = str.replace(/\n$/, "").split("\n");
+  return `${lines.map((l, i) => (i === 0 ? first : rest) + l.replace(/^\((Did you mean .*)\)$/, "$1")).join("\n")}\n`;
+}
+
 export function buildProgram(): Command {
   const program = new Command("ovl")
     .description("Linux overlay filesystems: mount, unmount, list and inspect")
@@ -394,7 +407,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({
       // Commander's own errors (unknown option, missing argument) in ovl's one-line form.
-      outputError: (str, write) => write(str.replace(/^error: /, "ovl: ")),
+      outputError: (str, write) => write(prefixLines(str.replace(/^error: /, ""), "ovl: ")),
     })
     .showHelpAfterError("ovl: hint: run 'ovl --help' for usage")
     .hook("preAction", (cmd) => {
@@ -405,7 +418,7 @@ export function buildProgram(): Command {
   const command = (name: string) =>
     program
       .command(name)
-      .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, `ovl: ${name}: `)) })
+      .configureOutput({ outputError: (str, write) => write(prefixLines(str.replace(/^error: /, ""), `ovl: ${name}: `, "ovl: ")) })
       .showHelpAfterError(`ovl: hint: run 'ovl ${name} --help' for usage`);
 
   command("ls")

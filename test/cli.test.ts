@@ -184,13 +184,13 @@ describe("ovl mount", () => {
     expect(mountsUnder(s.dir)).toEqual([]);
   });
 
-  it("names the mistyped path and why, exit 32, no stack trace", async () => {
+  it("names the act (mount TARGET), then the mistyped path and why; exit 32, no stack trace", async () => {
     const L = layout();
     const typo = s.path("l2-typo");
     const r = await ovl(["mount", "--lower", L.l1, "--lower", typo, "--upper", L.upper, "--work", L.work, L.merged]);
     expect(r.exitCode).toBe(32);
     expect(r.stdout).toBe("");
-    expect(r.stderr).toBe(`ovl: mount ${typo}: lower layer 2 '${typo}' does not exist (ENOENT)`);
+    expect(r.stderr).toBe(`ovl: mount ${L.merged}: lower layer 2 '${typo}' does not exist (ENOENT)`);
     const target = await ovl(["mount", ...layerFlags(L), s.path("no-such-target")]);
     expect(target.exitCode).toBe(32);
     expect(target.stderr).toBe(`ovl: mount ${s.path("no-such-target")}: target '${s.path("no-such-target")}' does not exist (ENOENT)`);
@@ -204,7 +204,7 @@ describe("ovl mount", () => {
     const flag = await ovl(["--debug", ...args]);
     expect(flag.exitCode).toBe(32);
     expect(flag.stderr).toMatch(/^\s+at .*validate\.js/m);
-    expect(flag.stderr).toMatch(/^ovl: mount .*nope: lower layer 2/m);
+    expect(flag.stderr).toMatch(/^ovl: mount .*merged: lower layer 2 '.*nope'/m);
     expect((await ovl(["mount", "--debug", ...args.slice(1)])).stderr).toMatch(/^\s+at /m);
     expect((await ovl(args, { env: { OVL_DEBUG: "1" } })).stderr).toMatch(/^\s+at /m);
   });
@@ -387,9 +387,9 @@ describe("ovl fuser", () => {
     expect(r.stderr).toMatch(new RegExp(`^ovl: fuser ${L.merged}: no process holds this mount`));
   });
 
-  it("names a missing path", async () => {
+  it("names a missing path; a failed lookup exits 1, as every lookup command does", async () => {
     const r = await ovl(["fuser", s.path("nope")]);
-    expect(r.exitCode).toBe(32);
+    expect(r.exitCode).toBe(1);
     expect(r.stderr).toBe(`ovl: fuser ${s.path("nope")}: no such file or directory (ENOENT)`);
   });
 });
@@ -563,5 +563,25 @@ describe("ovl ls, and colour", () => {
     const noColor = await onTty({ NO_COLOR: "1" });
     expect(noColor.stdout).toContain(L.merged);
     expect(noColor.stdout).not.toMatch(ESC);
+  });
+});
+
+describe("exit codes and messages, one rule for every command (util-linux's)", () => {
+  it("1 for usage and lookups that find nothing or fail, 32 only for a failed mount; the act first, then the culprit", async () => {
+    const L = layout();
+    // Lookups: nothing found, or not an overlay.
+    expect((await ovl(["which", `${s.dir}/missing`])).exitCode).toBe(1);
+    expect((await ovl(["diff", s.dir])).exitCode).toBe(1);
+    const none = await ovl(["ls", s.dir]);
+    expect(none.exitCode).toBe(1);
+    // A failed mount: 32, the line naming the mount point, then the layer at fault.
+    const bad = await ovl(["mount", "--lower", L.l1, "--upper", L.upper, L.merged]);
+    expect(bad.exitCode).toBe(32); // a mount the kernel's rules refuse
+    expect((await ovl(["mount", L.merged])).exitCode).toBe(1); // no --lower at all: usage
+    expect(bad.stderr).toBe(`ovl: mount ${L.merged}: upper layer '${L.upper}' given without a work directory; pass both or neither (EINVAL)`);
+    // Commander's suggestion carries the prefix too.
+    const typo = await ovl(["moutn"]);
+    expect(typo.exitCode).toBe(1);
+    expect(typo.stderr.split("\n")).toEqual(["ovl: unknown command 'moutn'", "ovl: Did you mean mount?", "ovl: hint: run 'ovl --help' for usage"]);
   });
 });
