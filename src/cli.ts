@@ -100,14 +100,18 @@ function describeError(command: string, err: unknown): { path?: string; what: st
  * Prints `ovl: <command> <path>: <what is wrong> (<CODE>)`, any `details` lines, and a hint line to stderr,
  * and returns the exit code for the error. With --debug or OVL_DEBUG, the stack too.
  */
-export function reportError(command: string, err: unknown, details: { lines: string[]; hints: string[] } = { lines: [], hints: [] }): number {
+export function reportError(
+  command: string,
+  err: unknown,
+  details: { lines: string[]; hints: string[]; replaceHint?: boolean } = { lines: [], hints: [] },
+): number {
   if (debug) console.error((err as Error)?.stack ?? err);
   const d = describeError(command, err);
   const path = d.path !== undefined ? ` ${printable(d.path)}` : "";
   const code = d.code ? ` (${d.code})` : "";
   console.error(`ovl: ${command}${path}: ${printable(d.what, { keepNewlines: false })}${code}`);
   for (const line of details.lines) console.error(`ovl:   ${line}`);
-  for (const hint of [...details.hints, ...(d.hint ? [d.hint] : [])]) {
+  for (const hint of [...details.hints, ...(d.hint && !details.replaceHint ? [d.hint] : [])]) {
     console.error(`ovl: hint: ${printable(hint, { keepNewlines: false })}`);
   }
   return exitCodeFor(command, err);
@@ -282,8 +286,12 @@ function uninspectedNote(pids: number[]): string {
   return ` (${which} could not be inspected: permission denied${process.geteuid?.() === 0 ? "" : "; run as root to see every process"})`;
 }
 
-/** After EBUSY: who holds the target (processes, and mounts below it), as lines for the error message. */
-async function explainBusy(target: string): Promise<{ lines: string[]; hints: string[] }> {
+/**
+ * After EBUSY: who holds the target (processes, and mounts below it), as lines for the error message. Never a
+ * hint that would take down more than the user named: with mounts below it (or for `/`), neither `-R` nor
+ * `-l` (which detaches everything below too) is suggested; the mounts below are named instead.
+ */
+async function explainBusy(target: string): Promise<{ lines: string[]; hints: string[]; replaceHint?: boolean }> {
   const lines: string[] = [];
   const hints: string[] = [];
   let holders: HolderList | undefined;
@@ -296,16 +304,18 @@ async function explainBusy(target: string): Promise<{ lines: string[]; hints: st
     lines.push(`held by ${holders.length} process${holders.length === 1 ? "" : "es"}:`);
     for (const h of holders) lines.push(`  ${holderLine(h)}`);
   }
-  const below = await submountsOf(target).catch(() => []);
+  // Stacked mounts share a mount point: each place once, deepest first.
+  const below = [...new Set((await submountsOf(target).catch(() => [])).map((m) => m.target))];
+  const isRoot = resolve(target) === "/";
   if (below.length > 0) {
-    const shown = below.slice(0, 4).map((m) => printable(m.target));
+    const shown = below.slice(0, 4).map((t) => printable(t));
     lines.push(`mounted below it: ${shown.join(", ")}${below.length > 4 ? `, and ${below.length - 4} more` : ""}`);
-    hints.push(`'ovl umount -R ${printable(target)}' unmounts what is mounted below it first`);
+    if (!isRoot) hints.push(`unmount what is mounted below it first, if those are yours to unmount: 'ovl umount ${shown.join(" ")}'`);
   }
   if (holders && holders.length === 0 && below.length === 0) {
     lines.push(`no process found holding it${uninspectedNote(holders.uninspected)}`);
   }
-  return { lines, hints };
+  return { lines, hints, replaceHint: below.length > 0 || isRoot };
 }
 
 /** The mount points to unmount for `umount -R target`: everything below it, deepest first, then it. */

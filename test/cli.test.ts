@@ -305,7 +305,18 @@ describe("ovl umount", () => {
     const plain = await ovl(["umount", L.merged]);
     expect(plain.exitCode).toBe(32);
     expect(plain.stderr).toContain(`ovl:   mounted below it: ${L.merged}/other/deep, ${L.merged}/other, ${L.merged}/sub`);
-    expect(plain.stderr).toContain(`ovl: hint: 'ovl umount -R ${L.merged}' unmounts what is mounted below it first`);
+    // Never a footgun: no -R (it would take down mounts the user did not name) and no -l (it detaches them too).
+    expect(plain.stderr).toContain(`ovl: hint: unmount what is mounted below it first, if those are yours to unmount: 'ovl umount ${L.merged}/other/deep ${L.merged}/other ${L.merged}/sub'`);
+    expect(plain.stderr).not.toMatch(/umount -R|umount -l/);
+    // Two mounts stacked on one place are one place in the list.
+    await execa("mount", ["-t", "tmpfs", "t3", `${L.merged}/other/deep`]);
+    const stacked = await ovl(["umount", L.merged]);
+    expect(stacked.stderr).toContain(`ovl:   mounted below it: ${L.merged}/other/deep, ${L.merged}/other, ${L.merged}/sub`);
+    await execa("umount", [`${L.merged}/other/deep`]);
+    // A busy / : neither -R / nor -l /.
+    const root = await ovl(["umount", "/"]);
+    expect(root.exitCode).toBe(32);
+    expect(root.stderr).not.toMatch(/umount -R|umount -l|-l \//);
 
     const r = await ovl(["umount", "-R", "-v", L.merged]);
     expect(r.stderr).toBe("");
