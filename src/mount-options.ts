@@ -101,6 +101,9 @@ const VALUED: Record<string, { values: readonly string[]; set: (o: OverlayOption
   metacopy: { values: ON_OFF, set: (o, v) => (o.metacopy = v === "on") },
   uuid: { values: UUID, set: (o, v) => (o.uuid = v as OverlayOptions["uuid"]) },
   verity: { values: VERITY, set: (o, v) => (o.verity = v as OverlayOptions["verity"]) },
+  // ovl's own: `userxattr=off` keeps ovl from adding `userxattr` in a user namespace (the library's
+  // `userxattr: false`); the kernel itself knows only the bare flag.
+  userxattr: { values: ON_OFF, set: (o, v) => (o.userxattr = v === "on") },
   // The kernel's newer spelling of `volatile`; `fsync=auto` is the default. ovl has no `fsync=strict`.
   fsync: {
     values: ["volatile", "auto"],
@@ -179,7 +182,7 @@ export function parseMountOptions(text: string | readonly string[]): ParsedMount
     }
 
     const valued = VALUED[key];
-    if (valued) {
+    if (valued && !(value === undefined && BARE[key])) {
       if (value === undefined || !valued.values.includes(value)) {
         throw new MountOptionError(
           opt,

@@ -109,7 +109,7 @@ describe("parseMountOptions", () => {
   it("refuses a value outside an option's set, naming the option and the values", () => {
     expect(() => parseMountOptions("redirect_dir=maybe")).toThrow(/'redirect_dir=maybe'.*redirect_dir=on/);
     expect(() => parseMountOptions("index")).toThrow(/'index' needs one of the values index=on, index=off/);
-    expect(() => parseMountOptions("userxattr=on")).toThrow(/'userxattr' takes no value/);
+    expect(() => parseMountOptions("volatile=on")).toThrow(/'volatile' takes no value/);
     expect(() => parseMountOptions("ro=1")).toThrow(/'ro' takes no value/);
   });
 
@@ -167,3 +167,13 @@ describe("agreement with the kernel (util-linux mount(8) given the same string)"
     }
   });
 });
+
+describe("userxattr=off", () => {
+  it("is ovl's spelling of the library's userxattr: false; the bare flag and userxattr=on still turn it on", () => {
+    expect(parseMountOptions("lowerdir=/a:/b,userxattr=off").options).toEqual({ userxattr: false });
+    expect(parseMountOptions("lowerdir=/a:/b,userxattr").options).toEqual({ userxattr: true });
+    expect(parseMountOptions("lowerdir=/a:/b,userxattr=on").options).toEqual({ userxattr: true });
+    expect(() => parseMountOptions("lowerdir=/a:/b,userxattr=maybe")).toThrow(/userxattr=on, userxattr=off/);
+  });
+});
+
