@@ -14,6 +14,7 @@ import {
   encodeOut,
   toBuffer,
 } from "./bytes.js";
+import { native } from "./native.js";
 import { absoluteBytes } from "./table.js";
 import { OverlayError, invalidArgType, invalidArgValue } from "./errors.js";
 import { LowerLayers, overlayServing, type LowerDir } from "./which.js";
@@ -26,6 +27,7 @@ import {
   overlayXattrPrefix,
   parseRedirect,
   type LayerEntry,
+  type LayerRoot,
   type Loc,
 } from "./xattr.js";
 
@@ -57,7 +59,8 @@ export interface DiffLayers {
 interface Layers {
   upper: string;
   lower: string[];
-  userxattr: boolean;
+  /** Undefined: not said (unmounted layers); found from the layers themselves. */
+  userxattr: boolean | undefined;
 }
 
 /** A directory of the merged tree that has an upper directory, queued for the walk. */
@@ -90,7 +93,7 @@ async function checkLayers(spec: unknown): Promise<Layers> {
   if (o.userxattr !== undefined && typeof o.userxattr !== "boolean") {
     throw invalidArgType("layers.userxattr", "of type boolean", o.userxattr);
   }
-  return { upper, lower: lowerBytes, userxattr: o.userxattr ?? false };
+  return { upper, lower: lowerBytes, userxattr: o.userxattr };
 }
 
 /** The layers of the overlay mounted at `target` (which must be its mount point), as byte strings. */
@@ -116,6 +119,22 @@ async function mountedLayers(target: unknown): Promise<Layers | undefined> {
   }
   if (m.upper === undefined) return undefined; // a read-only overlay changes nothing
   return { upper: m.upper, lower: m.lower, userxattr: m.features.userxattr ?? false };
+}
+
+/**
+ * Whether the upper layer keeps overlay's xattrs in `user.overlay.*`: its top directory's entries are read
+ * once with every xattr; `trusted.overlay.*` ones (root's mounts) win, else `user.overlay.*` ones say so.
+ */
+async function keepsUserXattrs(roots: LayerRoot[]): Promise<boolean> {
+  const [top] = await native().scanDirs([[roots[0]!.fd, ""]], "");
+  let user = false;
+  for (const e of top?.entries ?? []) {
+    if (e.errno !== undefined) continue;
+    const names = Object.keys(e.xattrs);
+    if (names.some((n) => n.startsWith("trusted.overlay."))) return false;
+    if (names.some((n) => n.startsWith("user.overlay."))) user = true;
+  }
+  return user;
 }
 
 /** The names a stack of lower directories shows, each with the entry that shows it (whiteouts hide). */
@@ -150,14 +169,17 @@ export async function diff(target: PathLike | DiffLayers, options?: DiffOptions)
   const layers =
     typeof target === "string" || target instanceof Uint8Array ? await mountedLayers(target) : await checkLayers(target);
   if (!layers) return [];
-  const prefix = overlayXattrPrefix(layers.userxattr);
-  checkXattrAccess(prefix, layers.upper);
   // Each layer opened once: the walk reads beneath these fds only, whatever is swapped meanwhile.
   const roots = await openLayerRoots([
     { path: layers.upper, role: "the upper layer" },
     ...layers.lower.map((l, i) => ({ path: l, role: `lower layer ${i + 1}` })),
   ]);
   try {
+    // Layers of a `userxattr` mount (rootless) keep overlay's xattrs in user.overlay.*: when the caller did
+    // not say, the upper layer's own entries tell.
+    const userxattr = layers.userxattr ?? (await keepsUserXattrs(roots));
+    const prefix = overlayXattrPrefix(userxattr);
+    checkXattrAccess(prefix, decodeBytes(layers.upper));
     const changes = await walkUpper(new LayerReader(prefix, roots), layers.lower.length);
     return changes.map((c) => ({
       ...c,

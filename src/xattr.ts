@@ -98,7 +98,7 @@ export function checkXattrAccess(prefix: OverlayXattrPrefix, path: string): void
     throw new OverlayError("EPERM", "reading trusted.overlay.* xattrs needs root in the initial user namespace", {
       syscall: "llistxattr",
       path,
-      hint: "run as root; layers of a `userxattr` mount keep their xattrs in user.overlay.* instead",
+      hint: "run as root; layers of a `userxattr` (rootless) mount keep their xattrs in user.overlay.* instead: say so with `ovl diff --userxattr` or `{ userxattr: true }`",
     });
   }
 }

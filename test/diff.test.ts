@@ -287,7 +287,19 @@ describe("diff of layers that are not mounted", () => {
       { path: "/d", change: "C", opaque: true },
       { path: "/d/x", change: "D" },
     ]);
-    expect(await overlay.diff({ upper: upper!, lower: [l1!] })).toEqual([{ path: "/d", change: "C" }]);
+    expect(await overlay.diff({ upper: upper!, lower: [l1!], userxattr: false })).toEqual([{ path: "/d", change: "C" }]);
+    // Unsaid: the user.overlay.* mark says these are a userxattr mount's layers...
+    expect(await overlay.diff({ upper: upper!, lower: [l1!] })).toEqual([
+      { path: "/d", change: "C", opaque: true },
+      { path: "/d/x", change: "D" },
+    ]);
+    // ...unless trusted.overlay.* marks are there too: root's layers, read as such.
+    s.dirs("upper/e");
+    setXattr(`${upper}/e`, "trusted.overlay.opaque", "y");
+    expect(await overlay.diff({ upper: upper!, lower: [l1!] })).toEqual([
+      { path: "/d", change: "C" },
+      { path: "/e", change: "A" },
+    ]);
   });
 
   it("reads xattr values and lists longer than the first buffer (a redirect past 256 bytes)", async () => {
@@ -328,7 +340,7 @@ describe("diff of layers that are not mounted", () => {
     addon.lstatXattrs = (...args) => (calls.lstatXattrs++, lstatXattrs.apply(addon, args));
     let changes;
     try {
-      changes = await overlay.diff({ upper: upper!, lower: [l1!] });
+      changes = await overlay.diff({ upper: upper!, lower: [l1!], userxattr: false }); // (unsaid: one more scan finds it out)
     } finally {
       Object.assign(addon, { scanDirs, lstatXattrs });
     }
@@ -480,5 +492,7 @@ describe("a userxattr overlay mounted in a user namespace", () => {
     expect(readXattr(`${upper}/repl`, "user.overlay.opaque")).toBe("y");
     expect(() => readXattr(`${upper}/repl`, "trusted.overlay.opaque")).toThrow();
     expect(await overlay.diff({ upper: upper!, lower: [l1!], userxattr: true })).toEqual(expected);
+    // Unsaid, the upper layer's own user.overlay.* marks tell: the same answer.
+    expect(await overlay.diff({ upper: upper!, lower: [l1!] })).toEqual(expected);
   });
 });
