@@ -19,7 +19,8 @@ import { findHolders, submountsOf, unmountOrder, type Holder, type HolderList } 
 import { list, mount, umount, watch, type MountSpec } from "./index.js";
 import { MountOptionError, parseMountOptions } from "./mount-options.js";
 import { native, type NativeFailure } from "./native.js";
-import { formatMountEvent, formatMountList, formatTable, printable, style, writeJson } from "./output.js";
+import { formatMountEvent, formatTable, printable, style, writeJson } from "./output.js";
+import { defaultColumns, formatLs, listColumns, parseColumns } from "./ls-table.js";
 
 export const EXIT = { OK: 0, USAGE: 1, FAILURE: 32, SOME_FAILED: 64 } as const;
 
@@ -125,6 +126,11 @@ interface LsOptions {
   file?: string;
   json?: boolean;
   watch?: boolean;
+  output?: string;
+  listColumns?: boolean;
+  noheadings?: boolean;
+  raw?: boolean;
+  tree?: boolean;
 }
 
 function pidOption(value: string | undefined): number | undefined {
@@ -157,6 +163,12 @@ async function lsWatch(target: string | undefined, opts: LsOptions): Promise<num
 }
 
 async function lsCommand(target: string | undefined, opts: LsOptions): Promise<number> {
+  if (opts.listColumns) {
+    process.stdout.write(listColumns());
+    return EXIT.OK;
+  }
+  const columns = opts.output !== undefined ? parseColumns(opts.output) : defaultColumns(!!opts.all);
+  if (!Array.isArray(columns)) throw new UsageError(`-o: unknown column '${columns.unknown}'`, "'ovl ls --list-columns' lists them");
   if (opts.file !== undefined && (opts.pid !== undefined || opts.watch)) {
     throw new UsageError("--file cannot be combined with --pid or --watch", "ovl ls [-F FILE] [TARGET]");
   }
@@ -182,7 +194,15 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
     if (process.stdout.isTTY) console.error("ovl: ls: no overlays mounted");
     return EXIT.USAGE; // nothing found: 1, as findmnt(8)
   }
-  process.stdout.write(formatMountList(mounts, { all: !!opts.all }));
+  process.stdout.write(
+    formatLs(mounts, {
+      columns,
+      headings: !opts.noheadings,
+      raw: !!opts.raw,
+      tree: !!opts.tree,
+      ...(process.stdout.isTTY && !opts.raw ? { width: process.stdout.columns || 80 } : {}),
+    }),
+  );
   return EXIT.OK;
 }
 
@@ -438,6 +458,11 @@ export function buildProgram(): Command {
     .option("-A, --all", "every mount, not only overlays")
     .option("-N, --pid <pid>", "the mount namespace of process PID")
     .option("-F, --file <file>", "read a saved mountinfo file instead (from another machine or a bug report)")
+    .option("-o, --output <columns>", "the columns to show, comma-separated (see --list-columns)")
+    .option("--list-columns", "list the columns -o takes")
+    .option("-n, --noheadings", "no header line")
+    .option("-r, --raw", "raw output: one space between columns, spaces escaped as \\x20")
+    .option("-T, --tree", "show what is mounted (or stacked) on what, as a tree")
     .option("-J, --json", "JSON output for scripts (with --watch: one object per line)")
     .option("-w, --watch", "print mounts and unmounts as they happen, until interrupted (like findmnt --poll)")
     .action(async (target: string | undefined, opts: LsOptions) => {

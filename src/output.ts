@@ -8,14 +8,23 @@ import type { MountInfo, OverlayMount } from "./types.js";
  * `\xff`, as `ls -b` does.
  */
 export function printable(s: string, opts: { keepNewlines?: boolean } = {}): string {
-  return s.replace(/[\\\x00-\x1f\x7f-\x9f]|(?<![\ud800-\udbff])[\udc80-\udcff]/g, (c) => {
+  return s.replace(UNSAFE, (c) => {
     if (c === "\\") return opts.keepNewlines === false ? "\\" : "\\\\";
     if (c === "\n") return opts.keepNewlines === false ? " " : "\\n";
     if (c === "\t") return "\\t";
     const code = c.charCodeAt(0);
-    return `\\x${(code >= 0xdc80 ? code - 0xdc00 : code).toString(16).padStart(2, "0")}`;
+    if (code >= 0xdc80 && code <= 0xdcff) return `\\x${(code - 0xdc00).toString(16)}`;
+    if (code > 0x9f) return `\\u{${code.toString(16)}}`; // invisible formatting: bidi controls, zero-width
+    return `\\x${code.toString(16).padStart(2, "0")}`;
   });
 }
+
+/**
+ * What printable() escapes: backslash, C0/C1 controls, bytes that are not UTF-8 (lone U+DC80-U+DCFF), and
+ * invisible formatting characters (Unicode Cf: bidi overrides and isolates, zero-width space and joiners, BOM;
+ * and the line/paragraph separators), which could reorder or hide what a line shows.
+ */
+const UNSAFE = /[\\\x00-\x1f\x7f-\x9f\u2028\u2029]|\p{Cf}|(?<![\ud800-\udbff])[\udc80-\udcff]/gu;
 
 /** True when colour may be used on `stream`: a terminal, and NO_COLOR unset. */
 export function useColor(stream: NodeJS.WriteStream = process.stdout): boolean {
@@ -38,27 +47,10 @@ export function formatTable(header: string[], rows: string[][]): string {
 }
 
 /**
- * The `ovl ls` table for people. Kept apart from the command so the table can change on its own. With
- * `all` (`ls --all`), FSTYPE and SOURCE columns too, and `-` for the layers of a mount that is not an overlay.
- */
-export function formatMountList(mounts: Array<MountInfo | OverlayMount>, opts: { all?: boolean } = {}): string {
-  const overlayCells = (m: MountInfo | OverlayMount) =>
-    "lower" in m
-      ? [layerSummary(m), printable(m.upper ?? "-"), printable(m.work ?? "-"), keyOptions(m)]
-      : ["-", "-", "-", access(m)];
-  if (opts.all) {
-    const rows = mounts.map((m) => [printable(m.target), printable(m.fstype), printable(m.source), ...overlayCells(m)]);
-    return formatTable(["TARGET", "FSTYPE", "SOURCE", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"], rows);
-  }
-  const rows = mounts.map((m) => [printable(m.target), ...overlayCells(m)]);
-  return formatTable(["TARGET", "LOWER (top first)", "UPPER", "WORK", "OPTIONS"], rows);
-}
-
-/**
  * `ro` or `rw` as the mount works: read-only when either the mount or its superblock is (an overlay without
  * an upper layer has a read-only superblock on a mount that says `rw`).
  */
-function access(m: MountInfo): "ro" | "rw" {
+export function access(m: MountInfo): "ro" | "rw" {
   return m.mountOptions[0] === "ro" || m.superOptions[0] === "ro" ? "ro" : "rw";
 }
 
@@ -68,7 +60,7 @@ function layerSummary(m: OverlayMount): string {
   return all.map((p) => printable(p)).join(" > ");
 }
 
-function keyOptions(m: OverlayMount): string {
+export function keyOptions(m: OverlayMount): string {
   const f = m.features;
   const out: string[] = [access(m)];
   if (f.redirectDir) out.push(`redirect_dir=${f.redirectDir}`);

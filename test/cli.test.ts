@@ -411,8 +411,8 @@ describe("ovl ls, and colour", () => {
     await overlay.mount({ lower: [L.l1, L.l2], upper: L.upper, work: L.work, target: L.merged });
     const r = await ovl(["ls"]);
     expect(r.exitCode).toBe(0);
-    expect(r.stdout.split("\n")[0]).toMatch(/^TARGET\s+LOWER \(top first\)\s+UPPER\s+WORK\s+OPTIONS$/);
-    expect(r.stdout).toContain(`${L.merged}  ${L.l1} > ${L.l2}`);
+    expect(r.stdout.split("\n")[0]).toMatch(/^TARGET\s+SOURCE\s+LOWER \(top first\)\s+UPPER\s+WORK\s+OPTIONS$/);
+    expect(r.stdout).toMatch(new RegExp(`${L.merged}\\s+overlay\\s+${L.l1} > ${L.l2}`));
     const json = JSON.parse((await ovl(["ls", "-J", L.merged])).stdout) as overlay.OverlayMount[];
     expect(json.map((m) => m.target)).toEqual([L.merged]);
     const notOverlay = await ovl(["ls", L.l1]);
@@ -477,7 +477,7 @@ describe("ovl ls, and colour", () => {
     expect(overlaysAt(L.merged)).toEqual([]); // not in this namespace
     const r = await ovl(["ls", "--pid", String(child.pid)]);
     expect(r.exitCode).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`^${L.merged}  ${L.l1} > ${L.l2}\\s+-\\s+-\\s+ro`, "m"));
+    expect(r.stdout).toMatch(new RegExp(`^${L.merged}\\s+inside\\s+${L.l1} > ${L.l2}\\s+-\\s+-\\s+ro`, "m"));
     const json = JSON.parse((await ovl(["ls", "--pid", String(child.pid), "--json"])).stdout) as overlay.OverlayMount[];
     expect(json.filter((m) => m.target === L.merged)).toMatchObject([{ source: "inside", lower: [L.l1, L.l2] }]);
     expect(JSON.parse((await ovl(["ls", "--json"])).stdout).filter((m: overlay.OverlayMount) => m.target === L.merged)).toEqual([]);
@@ -563,7 +563,7 @@ describe("ovl ls, and colour", () => {
     // script(1) gives the command a terminal, as a person's; without CI set (Node's colour detection, and so
     // ovl's, leaves colour off in CI logs).
     const onTty = (env: Record<string, string>) =>
-      execa("script", ["-qec", `${JSON.stringify(process.execPath)} ${JSON.stringify(cliPath)} ls`, "/dev/null"], {
+      execa("script", ["-qec", `stty cols 300; ${JSON.stringify(process.execPath)} ${JSON.stringify(cliPath)} ls`, "/dev/null"], {
         env: cleanEnv({ TERM: "xterm", CI: undefined, ...env }),
         extendEnv: false,
         reject: false,
@@ -594,5 +594,69 @@ describe("exit codes and messages, one rule for every command (util-linux's)", (
     const typo = await ovl(["moutn"]);
     expect(typo.exitCode).toBe(1);
     expect(typo.stderr.split("\n")).toEqual(["ovl: unknown command 'moutn'", "ovl: Did you mean mount?", "ovl: hint: run 'ovl --help' for usage"]);
+  });
+});
+
+describe("ovl ls, as findmnt users expect it", () => {
+  it("-o, -n, -r agree with findmnt on the same table; --list-columns; an unknown column is a usage error", async () => {
+    const L = layout();
+    const [odd] = s.dirs("with space");
+    await overlay.mount({ lower: [L.l1, L.l2], upper: L.upper, work: L.work, target: L.merged, source: "my overlay" });
+    await overlay.mount({ lower: [L.l1, L.l2], target: odd! });
+    const cols = "TARGET,SOURCE,FSTYPE,FSROOT,ID,PARENT,MAJ:MIN";
+    const ours = await ovl(["ls", "-A", "-r", "-n", "-o", cols]);
+    expect(ours.exitCode).toBe(0);
+    const theirs = await execa("findmnt", ["-r", "-n", "--nofsroot", "-o", cols], { env: { LANG: "C.UTF-8" } });
+    const lines = (text: string) => text.split("\n").filter((l) => l.startsWith(s.dir));
+    expect(lines(ours.stdout)).toEqual(lines(theirs.stdout));
+    expect(lines(ours.stdout)).toContainEqual(expect.stringMatching(new RegExp(`^${s.dir}/with\\\\x20space overlay overlay / ${overlaysAt(odd!)[0]!.id} \\d+ \\d+:\\d+$`)));
+    const header = await ovl(["ls", "-o", "target,layers"]);
+    expect(header.stdout.split("\n")[0]).toMatch(/^TARGET\s+LAYERS$/);
+    expect(header.stdout).toMatch(new RegExp(`${L.merged}\\s+2\\n`));
+    expect((await ovl(["ls", "--list-columns"])).stdout).toMatch(/^TARGET\s+mount point$/m);
+    const bad = await ovl(["ls", "-o", "TARGET,NOPE"]);
+    expect([bad.exitCode, bad.stderr.split("\n")[0]]).toEqual([1, "ovl: ls: -o: unknown column 'NOPE'"]);
+  });
+
+  it("--tree shows which overlay is stacked on which; on a terminal the table fits its width", async () => {
+    const L = layout();
+    const [u2, w2] = s.dirs("u2", "w2");
+    await overlay.mount({ lower: [L.l1, L.l2], upper: L.upper, work: L.work, target: L.merged });
+    await overlay.mount({ lower: [L.l1, L.l2], upper: u2!, work: w2!, target: L.merged });
+    const tree = (await ovl(["ls", "--tree", "-o", "TARGET,UPPER"])).stdout.split("\n");
+    const mine = tree.filter((l) => l.includes(L.merged));
+    expect(mine).toEqual([expect.stringMatching(new RegExp(`^${L.merged}\\s+${L.upper}$`)), expect.stringMatching(new RegExp(`^└─${L.merged}\\s+${u2}$`))]);
+    // A terminal 60 columns wide: every line fits, the path columns cut with an ellipsis.
+    const tty = await execa("script", ["-qec", `stty cols 60; ${process.execPath} ${cliPath} ls`, "/dev/null"], { env: cleanEnv(), reject: false });
+    const shown = tty.stdout.replace(/\x1b\[[0-9;]*m/g, "").split(/\r?\n/).filter((l) => l.trim() !== "");
+    expect(shown.length).toBeGreaterThan(2);
+    for (const line of shown) expect([...line].length).toBeLessThanOrEqual(60);
+    expect(shown.some((l) => l.includes("…"))).toBe(true);
+  });
+
+  it("escapes bidi and zero-width characters, pads by display width, and names Docker overlay2 short links by layer id", async () => {
+    const L = layout();
+    const [tricky, wide] = s.dirs("evil\u202egnp.exe\u200b", "日本語");
+    await overlay.mount({ lower: [L.l1, L.l2], target: tricky! });
+    await overlay.mount({ lower: [L.l1, L.l2], target: wide! });
+    const out = (await ovl(["ls", "-o", "TARGET,SOURCE"])).stdout.split("\n");
+    expect(out).toContain(`${s.dir}/evil\\u{202e}gnp.exe\\u{200b}  overlay`);
+    // 日本語 is 6 cells wide: the SOURCE column starts where it does on the other rows.
+    const col = (l: string) => l.indexOf("overlay");
+    const pad = (l: string) => [...l.slice(0, col(l))].reduce((w, ch) => w + (/[\u3000-\u9fff]/.test(ch) ? 2 : 1), 0);
+    const rows = out.filter((l) => l.startsWith(s.dir));
+    expect(new Set(rows.map(pad)).size).toBe(1);
+    // Docker's overlay2: lowerdir=…/overlay2/l/SHORT, each a link to ../<layer id>/diff (mount(8) passes them as typed).
+    const root = s.dirs("docker/overlay2")[0]!;
+    const ids = ["a".repeat(64), "b".repeat(64)];
+    for (const [i, id] of ids.entries()) {
+      s.dirs(`docker/overlay2/${id}/diff`);
+      s.dirs("docker/overlay2/l");
+      symlinkSync(`../${id}/diff`, `${root}/l/SHORT${i}`);
+    }
+    const [dm] = s.dirs("docker-merged");
+    await execa("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${root}/l/SHORT0:${root}/l/SHORT1`, dm!]);
+    const docker = (await ovl(["ls", "-o", "TARGET,LOWER", dm!])).stdout;
+    expect(docker).toMatch(new RegExp(`${dm}\\s+${"a".repeat(12)} > ${"b".repeat(12)}$`, "m"));
   });
 });
