@@ -21,6 +21,7 @@ import { MountOptionError, parseMountOptions } from "./mount-options.js";
 import { native, type NativeFailure } from "./native.js";
 import { formatMountEvent, formatTable, printable, style, writeJson } from "./output.js";
 import { defaultColumns, formatLs, listColumns, parseColumns } from "./ls-table.js";
+import { addExamples, completionScript } from "./cli-docs.js";
 
 export const EXIT = { OK: 0, USAGE: 1, FAILURE: 32, SOME_FAILED: 64 } as const;
 
@@ -533,6 +534,17 @@ export function buildProgram(): Command {
   addInspectCommands(command, reportError);
   addRunCommand(command, reportError);
 
+  command("completion")
+    .description("print a shell completion script: bash, zsh or fish")
+    .argument("<shell>", "bash, zsh or fish")
+    .action((shell: string) => {
+      if (shell !== "bash" && shell !== "zsh" && shell !== "fish") {
+        throw new UsageError(`completion: no script for '${shell}'`, "ovl completion bash|zsh|fish");
+      }
+      process.stdout.write(completionScript(program, shell));
+    });
+
+  addExamples(program);
   return program;
 }
 
