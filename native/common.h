@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace ovl {
@@ -60,6 +61,27 @@ inline std::string FdPath(int fd, const std::string& name = std::string()) {
   std::string p = "/proc/self/fd/" + std::to_string(fd);
   if (!name.empty()) p += "/" + name;
   return p;
+}
+
+// openat2(2) (5.6+; the build machine's headers may predate it): its argument and RESOLVE_* flags.
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+struct OpenHow {
+  uint64_t flags;
+  uint64_t mode;
+  uint64_t resolve;
+};
+constexpr uint64_t kResolveNoXdev = 0x01;
+constexpr uint64_t kResolveNoMagiclinks = 0x02;
+constexpr uint64_t kResolveNoSymlinks = 0x04;
+constexpr uint64_t kResolveBeneath = 0x08;
+
+// openat2(dirfd, path, flags | O_CLOEXEC, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | more):
+// a name below `dirfd` that no symlink, `..` or magic link can lead out of.
+inline int OpenBeneath(int dirfd, const std::string& path, uint64_t flags, uint64_t more_resolve = 0) {
+  OpenHow how{flags | O_CLOEXEC, 0, kResolveBeneath | kResolveNoSymlinks | kResolveNoMagiclinks | more_resolve};
+  return static_cast<int>(syscall(SYS_openat2, dirfd, path.empty() ? "." : path.c_str(), &how, sizeof(how)));
 }
 
 inline bool HasNul(const std::string& s) { return s.find('\0') != std::string::npos; }

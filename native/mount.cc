@@ -32,9 +32,6 @@
 #ifndef SYS_move_mount
 #define SYS_move_mount 429
 #endif
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
 #ifndef STATX_MNT_ID_UNIQUE
 #define STATX_MNT_ID_UNIQUE 0x00004000U
 #endif
@@ -59,23 +56,6 @@ constexpr unsigned kFsconfigSetString = 1;
 constexpr unsigned kFsconfigSetFd = 5;
 constexpr unsigned kFsconfigCmdCreate = 6;
 constexpr long kOverlayMagic = 0x794c7630;
-
-struct OpenHow {
-  uint64_t flags;
-  uint64_t mode;
-  uint64_t resolve;
-};
-constexpr uint64_t kResolveNoXdev = 0x01;
-constexpr uint64_t kResolveNoMagiclinks = 0x02;
-constexpr uint64_t kResolveNoSymlinks = 0x04;
-constexpr uint64_t kResolveBeneath = 0x08;
-
-// openat2(dirfd, path, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS): a name below
-// `dirfd` that no symlink, `..` or magic link can lead out of.
-int OpenBeneath(int dirfd, const std::string& path, uint64_t flags) {
-  OpenHow how{flags | O_CLOEXEC, 0, kResolveBeneath | kResolveNoSymlinks | kResolveNoMagiclinks};
-  return static_cast<int>(syscall(SYS_openat2, dirfd, path.c_str(), &how, sizeof(how)));
-}
 
 // The facts every rule is checked on, read from one fd (statx AT_EMPTY_PATH).
 struct Facts {

@@ -27,9 +27,6 @@
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 
-#ifndef SYS_openat2
-#define SYS_openat2 437
-#endif
 #ifndef SYS_getxattrat
 #define SYS_getxattrat 464
 #endif
@@ -40,21 +37,9 @@
 namespace ovl {
 namespace {
 
-struct OpenHow {
-  uint64_t flags;
-  uint64_t mode;
-  uint64_t resolve;
-};
-constexpr uint64_t kResolveNoXdev = 0x01;
-constexpr uint64_t kResolveNoMagiclinks = 0x02;
-constexpr uint64_t kResolveNoSymlinks = 0x04;
-constexpr uint64_t kResolveBeneath = 0x08;
-
 // A directory below a layer's root fd ("" for the root itself), reached without symlinks, `..` or mounts.
 int OpenDirBeneath(int root, const std::string& dir) {
-  OpenHow how{O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0,
-              kResolveBeneath | kResolveNoSymlinks | kResolveNoMagiclinks | kResolveNoXdev};
-  return static_cast<int>(syscall(SYS_openat2, root, dir.empty() ? "." : dir.c_str(), &how, sizeof(how)));
+  return OpenBeneath(root, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, kResolveNoXdev);
 }
 
 struct XattrArgs {
