@@ -194,7 +194,10 @@ export function parseMountInfo(text: string | Uint8Array, options: ParseMountInf
 export function parseMountInfo(text: string | Uint8Array, options?: ParseMountInfoOptions): ParseMountInfoResult<string | Buffer>;
 export function parseMountInfo(text: string | Uint8Array, options?: ParseMountInfoOptions): ParseMountInfoResult<string | Buffer> {
   const encoding = checkEncoding(options?.encoding);
-  const r = parseMountInfoBytes(toBytes(text), options);
+  const bytes = toBytes(text);
+  const r = parseMountInfoBytes(bytes, options);
+  // All ASCII (the usual table): the byte strings are already the string view.
+  if (encoding === "utf8" && isAscii(bytes)) return r;
   return { mounts: r.mounts.map((m) => mountInfoOut(m, encoding)), issues: r.issues.map((i) => ({ ...i, text: decodeBytes(i.text) })) };
 }
 
