@@ -6,10 +6,15 @@
 // Quiet unless something is wrong: node-gyp runs at --loglevel=warn and make's progress lines are held back;
 // on success only what went to stderr (warnings) is shown, on failure everything, in order. Everything is
 // shown as it happens with OVL_BUILD_VERBOSE=1 or npm's --loglevel=info (or more verbose).
+//
+// In a source checkout (`npm ci`/`npm install` in a clone, which runs this as the `install` script), it also
+// compiles the TypeScript to dist/ (scripts/build-dist.js), so that one command sets the clone up. The
+// published package has no scripts/build-dist.js: there it builds the addon only (dist/ is in the tarball).
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 
 const require = createRequire(import.meta.url);
 const prefix = resolve(dirname(process.execPath), "..");
@@ -65,4 +70,10 @@ function nodeGypRun() {
   });
 }
 
-process.exit(await nodeGypRun());
+let status = await nodeGypRun();
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const buildDist = join(root, "scripts", "build-dist.js");
+if (status === 0 && process.env.npm_lifecycle_event === "install" && existsSync(buildDist)) {
+  status = spawnSync(process.execPath, [buildDist], { stdio: "inherit" }).status ?? 1;
+}
+process.exit(status);
