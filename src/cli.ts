@@ -12,6 +12,7 @@ import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
 import { addInspectCommands } from "./cli-inspect.js";
+import { addStackCommand } from "./cli-stack.js";
 import { addRunCommand } from "./cli-run.js";
 import { demoCommand } from "./demo.js";
 import { describeErrno } from "./errors.js";
@@ -532,6 +533,7 @@ export function buildProgram(): Command {
     });
 
   addInspectCommands(command, reportError);
+  addStackCommand(command, reportError);
   addRunCommand(command, reportError);
 
   command("completion")

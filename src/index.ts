@@ -21,6 +21,18 @@ export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from ".
 export type { MountSpec, MountStrategy } from "./validate.js";
 export { diff, type Change, type DiffLayers } from "./diff.js";
 export { which, type LayerKind, type LayerRef, type WhichResult } from "./which.js";
+export {
+  stack,
+  type Stack,
+  type StackCell,
+  type StackLayer,
+  type StackLayers,
+  type StackMerged,
+  type StackOptions,
+  type StackRow,
+  type StackSource,
+  type StackState,
+} from "./stack.js";
 export { findHolders, submountsOf, type HeldFile, type Holder, type HolderList, type HolderUse } from "./fuser.js";
 export { MountOptionError, parseMountOptions, splitOptionString, type ParsedMountOptions } from "./mount-options.js";
 

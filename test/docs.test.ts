@@ -12,7 +12,7 @@ import { ovl, requireBuiltCli } from "./cli-helpers.js";
 
 beforeAll(() => requireBuiltCli());
 
-const COMMANDS = ["ls", "mount", "umount", "fuser", "diff", "which", "run", "demo", "completion"];
+const COMMANDS = ["ls", "mount", "umount", "fuser", "diff", "which", "stack", "run", "demo", "completion"];
 
 /** A shell, which CI installs (.ci/run); locally its absence is said, and the test skipped, never in CI. */
 function shell(name: string): boolean {
