@@ -3,9 +3,9 @@
  * path). Registered on the main program by src/cli.ts.
  */
 import { Command, Option } from "commander";
-import { diff, type Change } from "./diff.js";
+import type { Change } from "./diff.js";
 import { printable, style, writeJson } from "./output.js";
-import { which, type LayerRef, type WhichResult } from "./which.js";
+import type { LayerRef, WhichResult } from "./which.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
@@ -68,7 +68,10 @@ export function addInspectCommands(command: (name: string) => Command, reportErr
       }
       let changes: Change[];
       try {
-        changes = await diff(target ?? { upper: opts.upper!, lower: opts.lower!, userxattr: !!opts.userxattr });
+        // Loaded when the command runs: `ovl ls` does not pay for the layer walk's modules.
+        const { diff } = await import("./diff.js");
+        // Without --userxattr, diff() finds out from the layers themselves.
+        changes = await diff(target ?? { upper: opts.upper!, lower: opts.lower!, ...(opts.userxattr ? { userxattr: true } : {}) });
       } catch (err) {
         process.exitCode = reportError("diff", err);
         return;
@@ -85,6 +88,7 @@ export function addInspectCommands(command: (name: string) => Command, reportErr
     .action(async (path: string, opts: { json?: boolean }) => {
       let result: WhichResult;
       try {
+        const { which } = await import("./which.js");
         result = await which(path);
       } catch (err) {
         process.exitCode = reportError("which", err);

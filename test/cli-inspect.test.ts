@@ -106,19 +106,22 @@ describe("ovl diff", () => {
 describe("ovl diff as an ordinary user", () => {
   beforeAll(() => requireNobodyCanRunCli());
 
-  it("refuses trusted.overlay.* layers (the kernel hides those xattrs) and reads user.overlay.* ones", async () => {
-    const [l1, upper] = s.dirs("l1", "upper");
+  it("reads user.overlay.* layers, found from the layers themselves or with --userxattr; refuses trusted.overlay.* ones (the kernel hides those xattrs)", async () => {
+    const [l1, upper, plainUpper] = s.dirs("l1", "upper", "plain-upper");
     chmodSync(s.dir, 0o755); // mkdtemp makes it 0700
     s.file("l1/d/x", "x");
-    s.dirs("upper/d");
+    s.dirs("upper/d", "plain-upper/d");
     execFileSync("python3", ["-c", "import os,sys; os.setxattr(sys.argv[1], 'user.overlay.opaque', b'y')", `${upper}/d`]);
-    const refused = await ovlAsNobody(["diff", "--upper", upper!, "--lower", l1!]);
+    for (const flags of [["--userxattr"], []]) {
+      const read = await ovlAsNobody(["diff", ...flags, "--upper", upper!, "--lower", l1!]);
+      expect([flags, read.stderr, read.stdout]).toEqual([flags, "", "C /d  (opaque)\nD /d/x"]);
+    }
+    // No user.overlay.* marks, and trusted.overlay.* cannot be read as nobody: refused, and the hint says how.
+    const refused = await ovlAsNobody(["diff", "--upper", plainUpper!, "--lower", l1!]);
     expect(refused.exitCode).toBe(1);
     expect(refused.stdout).toBe("");
     expect(String(refused.stderr)).toContain("reading trusted.overlay.* xattrs needs root in the initial user namespace (EPERM)");
-    const read = await ovlAsNobody(["diff", "--userxattr", "--upper", upper!, "--lower", l1!]);
-    expect(read.stderr).toBe("");
-    expect(read.stdout).toBe("C /d  (opaque)\nD /d/x");
+    expect(String(refused.stderr)).toContain("ovl diff --userxattr");
   });
 });
 
