@@ -96,11 +96,15 @@ describe("the packed tarball", () => {
       "package/dist/cjs/index.d.ts",
       "package/dist/cjs/package.json",
       "package/native/addon.cc",
+      "package/man/ovl.1",
     ]) {
       expect(entries, file).toContain(file);
     }
     expect(entries.filter((e) => /^package\/(src|test|bench|build)\//.test(e) || e.endsWith(".tgz"))).toEqual([]);
     expect(readFileSync(join(consumer, "node_modules", "ovl", "LICENSE"), "utf8")).toContain("Copyright (c) 2026 the ovl authors");
+    // The man page ships, and package.json names it, so npm installs it as ovl(1) with a global install.
+    expect(readFileSync(join(consumer, "node_modules", "ovl", "man", "ovl.1"), "utf8")).toMatch(/^\.TH OVL 1/);
+    expect(JSON.parse(readFileSync(join(consumer, "node_modules", "ovl", "package.json"), "utf8")).man).toBe("./man/ovl.1");
   });
 
   it("has no source map (or sourceMappingURL) pointing at a file it does not ship", async () => {
