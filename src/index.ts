@@ -19,8 +19,8 @@ export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, typ
 export { watch, type MountEvent, type MountWatch, type WatchOptions } from "./watch.js";
 export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
 export type { MountSpec, MountStrategy } from "./validate.js";
-export { diff, type Change, type DiffLayers } from "./diff.js";
-export { which, type LayerKind, type LayerRef, type WhichResult } from "./which.js";
+export { diff, type Change, type DiffLayers, type DiffOptions } from "./diff.js";
+export { which, type LayerKind, type LayerRef, type WhichOptions, type WhichResult } from "./which.js";
 export {
   stack,
   type Stack,
@@ -33,7 +33,7 @@ export {
   type StackSource,
   type StackState,
 } from "./stack.js";
-export { findHolders, submountsOf, type HeldFile, type Holder, type HolderList, type HolderUse } from "./fuser.js";
+export { findHolders, submountsOf, type FindHoldersOptions, type HeldFile, type Holder, type HolderList, type HolderUse } from "./fuser.js";
 export { MountOptionError, parseMountOptions, splitOptionString, type ParsedMountOptions } from "./mount-options.js";
 
 /** The rest of a spec, after the four positional arguments. */
