@@ -95,7 +95,7 @@ describe("ovl on non-UTF-8 paths", () => {
     const r = await ovlBytes(["ls", "-F", file]);
     expect(r.exitCode).toBe(0);
     const lines = r.stdout.toString().split("\n");
-    expect(lines[1]).toMatch(/^\/srv\/t\\xff\s+\/srv\/l\\\\x\s+\/srv\/u\s+\/srv\/w\s+rw$/);
+    expect(lines[1]).toMatch(/^\/srv\/t\\xff\s+overlay\s+\/srv\/l\\\\x\s+\/srv\/u\s+\/srv\/w\s+rw$/);
     const all = await ovlBytes(["ls", "-F", file, "--all", "--json"]);
     const entries = JSON.parse(all.stdout.toString()) as { target: string }[];
     expect(entries.map((e) => e.target)).toEqual(["/", "/srv/t\udcff"]);
