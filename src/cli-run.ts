@@ -1,12 +1,48 @@
 /** `ovl run`: registered on the CLI program by buildProgram(). */
 import { type Command, Option } from "commander";
+import { mountSpecFromCli } from "./cli.js";
 import { printable } from "./output.js";
-import { CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay } from "./run.js";
+import { checkRunSpec, CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay, type RunSpec } from "./run.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
 /** Said after commander's `unknown option`: without `--`, the command's own options look like ovl's. */
 const DASH_DASH_HINT = "ovl: hint: put -- before the command, so that its options are not taken for ovl's: ovl run --lower DIR ... -- COMMAND [ARGS...]\n";
+
+interface RunCliOptions {
+  lower?: string[];
+  upper?: string;
+  work?: string;
+  data?: string[];
+  readOnly?: boolean;
+  options?: string[];
+  tmp?: boolean;
+  tmpfs?: string;
+}
+
+/**
+ * The run's spec from its flags: the layers, `-o`, `-r` and `--data` read exactly as `ovl mount` reads
+ * them (mountSpecFromCli), plus `--tmp` / `--tmpfs SIZE`.
+ */
+function runSpecFromCli(opts: RunCliOptions): RunSpec {
+  // The target is the run's own, chosen inside its namespace: none is given here.
+  const { target: _target, ...spec } = mountSpecFromCli(undefined, "", {
+    ...(opts.lower ? { lower: opts.lower } : {}),
+    ...(opts.upper !== undefined ? { upper: opts.upper } : {}),
+    ...(opts.work !== undefined ? { work: opts.work } : {}),
+    ...(opts.data ? { data: opts.data } : {}),
+    ...(opts.readOnly ? { readOnly: true } : {}),
+    ...(opts.options ? { options: opts.options } : {}),
+  });
+  void _target;
+  const run: RunSpec = {
+    ...spec,
+    ...(opts.tmp || opts.tmpfs !== undefined ? { tmp: true } : {}),
+    ...(opts.tmpfs !== undefined ? { tmpfsSize: opts.tmpfs } : {}),
+  };
+  checkRunSpec(run);
+  return run;
+}
 
 /** Registers `run` with `command(name)`, the CLI's factory for subcommands (error format and help hint). */
 export function addRunCommand(command: (name: string) => Command, reportError: (command: string, err: unknown) => number): void {
@@ -19,29 +55,29 @@ export function addRunCommand(command: (name: string) => Command, reportError: (
     },
   });
   run
-    .description("run a command inside a throwaway overlay, in private namespaces (rootless when not root)")
-    .usage("--lower DIR [--lower DIR ...] [--upper DIR --work DIR | --tmp] -- COMMAND [ARGS...]")
+    .description(
+      "run a command inside a throwaway overlay, in private namespaces (rootless when not root); it and all it " +
+        "started end with ovl, and nothing of the run is left",
+    )
+    .usage("--lower DIR [--lower DIR ...] [--upper DIR --work DIR | --tmp | --tmpfs SIZE] [-o OPTS] -- COMMAND [ARGS...]")
     .addOption(new Option("--lower <dir>", "lower layer, top-most first (repeat for more)").argParser(collect))
-    .option("--upper <dir>", "upper (writable) layer")
+    .option("--upper <dir>", "upper (writable) layer: the changes are kept there")
     .option("--work <dir>", "work directory: empty, on the same mount as --upper")
-    .option("--tmp", "upper and work in a temporary directory, removed afterwards")
+    .addOption(new Option("--data <dir>", "data-only lower layer (repeatable), as on ovl mount").argParser(collect))
+    .option("-r, --read-only", "mount read-only")
+    .addOption(new Option("-o, --options <list>", "mount(8) options, as on ovl mount (lowerdir=, upperdir=, overlay features, flags)").argParser(collect))
+    .option("--tmp", "upper and work on a tmpfs that ends with the run: the changes are thrown away")
+    .option("--tmpfs <size>", "--tmp, with a tmpfs of at most SIZE (bytes, or with k, m, g: 64m; or a share of RAM: 10%)")
     .argument("<command...>", "the command and its arguments (after --)")
-    .action(async (command: string[], opts: { lower?: string[]; upper?: string; work?: string; tmp?: boolean }) => {
+    .action(async (command: string[], opts: RunCliOptions) => {
       try {
+        const spec = runSpecFromCli(opts);
         if (!process.env[RUN_NAMESPACE_ENV]) {
           // Re-run this same command line inside fresh namespaces; the inner run does the work.
           process.exitCode = await reexecInNamespace([process.execPath, ...process.execArgv, ...process.argv.slice(1)]);
           return;
         }
-        process.exitCode = await runInOverlay(
-          {
-            lower: opts.lower ?? [],
-            ...(opts.upper !== undefined ? { upper: opts.upper } : {}),
-            ...(opts.work !== undefined ? { work: opts.work } : {}),
-            ...(opts.tmp ? { tmp: true } : {}),
-          },
-          command,
-        );
+        process.exitCode = await runInOverlay(spec, command);
       } catch (err) {
         if (err instanceof CommandNotStartedError) {
           // As a shell says it, and with its exit status: 127 not found, 126 not executable.
