@@ -4,12 +4,14 @@
  * in upper; a deleted lower file leaves a whiteout (character device 0/0) in upper while the lower file stays.
  * Then it unmounts and removes everything, also when interrupted.
  *
- * As root it mounts in the current mount namespace. Otherwise it re-runs itself under `unshare -Urm`
- * (a Node process cannot enter a new user namespace itself: it is multithreaded), where it is root of a
- * user namespace that owns a private mount namespace, and mounts with `userxattr` (without it, deleting a
- * lower file fails with EOVERFLOW).
+ * It never touches the host: it always re-runs itself in a private mount namespace (a Node process cannot
+ * enter new namespaces itself: it is multithreaded), `unshare -m` as root and `unshare -Urm` otherwise, where
+ * it is root of a user namespace that owns the mount namespace and mounts with `userxattr`. There it mounts
+ * a tmpfs on the temporary directory's parent and works in that: the overlay and every file it makes live
+ * only in that namespace and end with it, even when the demo is killed (SIGKILL) or its output closed
+ * (`ovl demo | head`) before it cleans up. The re-run is started by setpriv with the parent-death signal
+ * SIGKILL, so that it also dies with the `ovl demo` the user started.
  */
-import { spawn } from "node:child_process";
 import { lstat, mkdir, mkdtemp, readFile, readdir, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -18,10 +20,11 @@ import { mount } from "./index.js";
 import { umount } from "./mount.js";
 import { printable, style } from "./output.js";
 import { list } from "./table.js";
+import { exitIfOrphaned, FORWARDED_SIGNALS, mountPseudoFs, PARENT_ENV, spawnInPrivateNamespaces } from "./run.js";
 import { inUserNamespace } from "./userns.js";
 
-/** Set in the environment of the re-run under `unshare`, so that it cannot loop. */
-const USERNS_ENV = "OVL_DEMO_IN_USERNS";
+/** Set in the environment of the re-run in its namespace ("root" or "user"), so that it cannot loop. */
+const DEMO_NAMESPACE_ENV = "OVL_DEMO_NAMESPACE";
 
 export interface DemoOptions {
   /** Writes one line of the walkthrough (stdout). */
@@ -34,6 +37,8 @@ export interface DemoOptions {
   signal?: AbortSignal;
   /** Parent of the demo's temporary directory (default `os.tmpdir()`). */
   tmp?: string;
+  /** `tmp` is a tmpfs of this process's own mount namespace (says so). */
+  privateTmpfs?: boolean;
 }
 
 /** `c--------- 0,0` as `ls -l` shows a device's type, permissions and numbers. */
@@ -102,6 +107,10 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
     write(`${style("bold", "ovl demo")}: an overlay filesystem, live, in ${printable(dir)}`);
     write("An overlay shows several directories (layers) as one. Lower layers are read-only; every change");
     write("goes to the upper layer. Paths below are relative to that directory.");
+    if (opts.privateTmpfs) {
+      write("(All of it is in a mount namespace of the demo's own, on a tmpfs there: nothing is seen outside it, and");
+      write("nothing outlives it.)");
+    }
 
     heading(1, "Make three lower layers and an empty upper layer");
     const files: Array<[string, string]> = [
@@ -206,33 +215,34 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
 }
 
 /**
- * Re-runs this command under `unshare -Urm --propagation private` and waits for it, passing signals on.
- * Resolves with the exit code, or with the signal that ended it.
+ * Re-runs this command in a private mount namespace (and a user namespace when not root) and waits for it,
+ * passing signals on. Resolves with the exit code, or with the signal that ended it.
  */
-function rerunInUserNamespace(warn: (line: string) => void): Promise<number | NodeJS.Signals> {
-  warn(
-    "ovl: demo: not running as root: re-running inside a new user namespace (unshare -Urm), where you are " +
-      "root of a private mount namespace and may mount overlays; nothing mounted there is seen outside it",
-  );
+function rerunInNamespace(warn: (line: string) => void): Promise<number | NodeJS.Signals> {
+  const root = process.geteuid?.() === 0;
+  if (!root) {
+    warn(
+      "ovl: demo: not running as root: re-running inside a new user namespace (unshare -Urm), where you are " +
+        "root of a private mount namespace and may mount overlays; nothing mounted there is seen outside it",
+    );
+  }
   const script = process.argv[1]!;
-  const child = spawn(
-    "unshare",
-    ["-Urm", "--propagation", "private", "--", process.execPath, ...process.execArgv, script, ...process.argv.slice(2)],
-    { stdio: "inherit", env: { ...process.env, [USERNS_ENV]: "1" } },
-  );
-  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const child = spawnInPrivateNamespaces([process.execPath, ...process.execArgv, script, ...process.argv.slice(2)], {
+    pidNamespace: false,
+    env: { ...process.env, [DEMO_NAMESPACE_ENV]: root ? "root" : "user" },
+  });
   // Like a shell: the child cleans up on a signal; this process passes it on and waits.
   const forward = (sig: NodeJS.Signals) => child.kill(sig);
-  for (const s of signals) process.on(s, forward);
+  for (const s of FORWARDED_SIGNALS) process.on(s, forward);
   return new Promise((resolvePromise, reject) => {
     child.on("error", (err: NodeJS.ErrnoException) => {
-      for (const s of signals) process.off(s, forward);
+      for (const s of FORWARDED_SIGNALS) process.off(s, forward);
       if (err.code === "ENOENT") {
-        reject(Object.assign(new Error("'unshare' (util-linux) is not installed: run the demo as root instead"), { code: "ENOENT" }));
+        reject(Object.assign(new Error("'setpriv' and 'unshare' (util-linux) are needed to run the demo in a namespace of its own"), { code: "ENOENT" }));
       } else reject(err);
     });
     child.on("exit", (code, sig) => {
-      for (const s of signals) process.off(s, forward);
+      for (const s of FORWARDED_SIGNALS) process.off(s, forward);
       resolvePromise(sig ?? code ?? 1);
     });
   });
@@ -260,11 +270,13 @@ function waitForEnter(signal: AbortSignal): Promise<void> {
  */
 export async function demoCommand(opts: { pause?: boolean }): Promise<number | NodeJS.Signals> {
   const warn = (line: string) => process.stderr.write(`${line}\n`);
-  const root = process.geteuid?.() === 0;
-  if (!root) {
-    if (process.env[USERNS_ENV]) throw new Error("not root even inside the user namespace made by unshare -Urm");
-    return rerunInUserNamespace(warn);
-  }
+  if (!process.env[DEMO_NAMESPACE_ENV]) return rerunInNamespace(warn);
+  if (process.geteuid?.() !== 0) throw new Error("not root even inside the user namespace made by unshare -Urm");
+  exitIfOrphaned();
+  for (const name of [DEMO_NAMESPACE_ENV, PARENT_ENV]) delete process.env[name];
+  // This namespace's own tmpfs on the temporary directory: all the demo makes lives there, and only here.
+  const tmp = tmpdir();
+  mountPseudoFs("tmpfs", tmp, { mode: "0755", size: "8m" });
   const userxattr = inUserNamespace();
   const controller = new AbortController();
   let received: NodeJS.Signals | undefined;
@@ -274,20 +286,21 @@ export async function demoCommand(opts: { pause?: boolean }): Promise<number | N
     warn(`ovl: demo: ${sig}: stopping and cleaning up`);
     controller.abort(new Error(`interrupted by ${sig}`));
   };
-  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-  for (const s of signals) process.on(s, onSignal);
+  for (const s of FORWARDED_SIGNALS) process.on(s, onSignal);
   try {
     await runDemo({
       write: (line) => process.stdout.write(`${line}\n`),
       userxattr,
+      tmp,
+      privateTmpfs: true,
       signal: controller.signal,
       ...(opts.pause
         ? {
             pause: async ({ merged }) => {
               process.stdout.write(
-                `\n${style("bold", "Paused.")} The overlay stays mounted on ${printable(merged)}` +
-                  (userxattr ? ` (inside this demo's namespace: nsenter -t ${process.pid} -U -m --preserve-credentials)` : "") +
-                  ". Look around in another shell; press Enter to go on (Ctrl-C also cleans up).\n",
+                `\n${style("bold", "Paused.")} The overlay stays mounted on ${printable(merged)}, inside this demo's ` +
+                  `namespace (enter it with: nsenter -t ${process.pid} ${userxattr ? "-U -m --preserve-credentials" : "-m"}). ` +
+                  "Look around in another shell; press Enter to go on (Ctrl-C also cleans up).\n",
               );
               await waitForEnter(controller.signal);
             },
@@ -298,7 +311,7 @@ export async function demoCommand(opts: { pause?: boolean }): Promise<number | N
     if (received) return received;
     throw err;
   } finally {
-    for (const s of signals) process.off(s, onSignal);
+    for (const s of FORWARDED_SIGNALS) process.off(s, onSignal);
   }
   return received ?? 0;
 }

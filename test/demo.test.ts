@@ -1,8 +1,12 @@
-/** `ovl demo`, run as root and as the ordinary user nobody, to the end and interrupted. */
-import { chmodSync, existsSync, mkdirSync, readdirSync } from "node:fs";
-import type { ResultPromise } from "execa";
+/**
+ * `ovl demo`, run as root and as the ordinary user nobody, to the end, interrupted, killed (SIGKILL) and
+ * with its output cut short (`| head`): it never leaves anything in this namespace (the one `npm test` made).
+ */
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { execa, type ResultPromise } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ovl, ovlAsNobody, requireBuiltCli, requireNobodyCanRunCli } from "./cli-helpers.js";
+import { cleanEnv, cliPath, ovl, ovlAsNobody, requireBuiltCli, requireNobodyCanRunCli } from "./cli-helpers.js";
 import { mountsUnder, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;
@@ -19,11 +23,24 @@ beforeEach(() => {
   mkdirSync(tmp);
   chmodSync(tmp, 0o1777); // nobody writes its demo directory here too
 });
-afterEach(() => s.cleanup());
+afterEach(() => {
+  try {
+    expectNothingLeft();
+  } finally {
+    s.cleanup();
+  }
+});
+
+/** Nothing of a demo in this namespace: no mount below the scratch dir (TMPDIR is in it), TMPDIR empty. */
+function expectNothingLeft() {
+  expect(mountsUnder(s.dir)).toEqual([]);
+  expect(readdirSync(tmp)).toEqual([]);
+}
 
 /** The steps a newcomer sees, and what each must show. */
 function expectWalkthrough(stdout: string, dir: string) {
   expect(stdout).toContain(`ovl demo: an overlay filesystem, live, in ${dir}`);
+  expect(stdout).toContain("(All of it is in a mount namespace of the demo's own, on a tmpfs there: nothing is seen outside it, and\nnothing outlives it.)");
   for (const n of [1, 2, 3, 4, 5, 6]) expect(stdout).toMatch(new RegExp(`^Step ${n}\\. `, "m"));
   // The merged view, with the layer each file comes from.
   expect(stdout).toMatch(/^ {2}merged\/motd +from lower1 +"hello from lower1, the top layer" +\(also in lower2, lower3: hidden below\)$/m);
@@ -46,17 +63,70 @@ function demoDir(stdout: string): string {
   return dir!;
 }
 
-/** Waits until the paused demo says so; returns everything printed so far. */
-async function untilPaused(run: ResultPromise): Promise<string> {
+/** Polls (every 5 ms, for up to 10 s) until `f` gives a value; fails naming `what` otherwise. */
+async function until<T>(what: string, f: () => T | undefined | false): Promise<T> {
+  for (let i = 0; i < 2000; i++) {
+    const v = f();
+    if (v !== undefined && v !== false) return v;
+    await sleep(5);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+function childrenOf(pid: number): number[] {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(" ").filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** Whether a process is there and not a zombie. */
+function alive(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** Mount points of process `pid`'s mount namespace below `dir`, with their types. */
+function mountsOf(pid: number, dir: string): string[] {
+  return readFileSync(`/proc/${pid}/mountinfo`, "utf8")
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => {
+      const f = l.split(" ");
+      return `${f[4]} ${f[f.indexOf("-") + 1]}`;
+    })
+    .filter((m) => m.startsWith(`${dir}/`) || m.startsWith(`${dir} `));
+}
+
+/** Collects a running demo's stdout; `until(text)` resolves once it holds `text`. */
+function output(run: ResultPromise) {
   let out = "";
-  await new Promise<void>((resolve, reject) => {
-    run.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString();
-      if (out.includes("Paused.")) resolve();
-    });
-    run.once("exit", () => reject(new Error(`the demo ended before pausing:\n${out}`)));
-  });
-  return out;
+  run.stdout!.on("data", (chunk: Buffer) => (out += chunk.toString()));
+  return {
+    get text() {
+      return out;
+    },
+    until: (text: string) =>
+      until(`'${text}' from the demo`, () => {
+        if (out.includes(text)) return true;
+        if (run.exitCode !== null || run.signalCode !== null) throw new Error(`the demo ended before '${text}':\n${out}`);
+        return false;
+      }),
+  };
+}
+
+/** Waits until the paused demo says so; returns the output so far and the pid it names for nsenter. */
+async function untilPaused(run: ResultPromise): Promise<{ out: string; pid: number }> {
+  const o = output(run);
+  await o.until("Paused.");
+  const pid = Number(o.text.match(/nsenter -t (\d+) /)?.[1]);
+  expect(pid).toBeGreaterThan(0);
+  return { out: o.text, pid };
 }
 
 describe("ovl demo as root", () => {
@@ -67,24 +137,23 @@ describe("ovl demo as root", () => {
     const dir = demoDir(r.stdout);
     expectWalkthrough(r.stdout, dir);
     expect(r.stdout).not.toContain("userxattr");
-    expect(readdirSync(tmp)).toEqual([]);
-    expect(mountsUnder(s.dir)).toEqual([]);
   });
 
-  it("cleans up when interrupted with SIGINT while mounted, and dies of SIGINT", async () => {
+  it("mounts in a namespace of its own only; SIGINT while paused cleans up, and it dies of SIGINT", async () => {
     const run = ovl(["demo", "--pause"], { env: { TMPDIR: tmp } });
-    const out = await untilPaused(run);
+    const { out, pid } = await untilPaused(run);
     const dir = demoDir(out);
-    // It really is mounted here (as root the demo mounts in this namespace) and the directory exists.
-    expect(mountsUnder(dir).map((m) => m.fstype)).toEqual(["overlay"]);
-    expect(existsSync(`${dir}/upper/base.txt`)).toBe(true);
+    expect(out).toContain(`inside this demo's namespace (enter it with: nsenter -t ${pid} -m)`);
+    // There, a tmpfs on TMPDIR and the overlay on it; here, neither, and not even the directory.
+    expect(mountsOf(pid, tmp)).toEqual([`${tmp} tmpfs`, `${dir}/merged overlay`]);
+    expect(existsSync(`/proc/${pid}/root${dir}/upper/base.txt`)).toBe(true);
+    expect(existsSync(dir)).toBe(false);
+    expect(mountsUnder(s.dir)).toEqual([]);
     run.kill("SIGINT");
     const r = await run;
     expect(r.signal).toBe("SIGINT");
     expect(r.stderr).toContain("ovl: demo: SIGINT: stopping and cleaning up");
     expect(r.stdout).toContain(`removed ${dir}`);
-    expect(mountsUnder(s.dir)).toEqual([]);
-    expect(readdirSync(tmp)).toEqual([]);
   });
 
   it("goes on after the pause when Enter is pressed", async () => {
@@ -94,9 +163,55 @@ describe("ovl demo as root", () => {
     const r = await run;
     expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(/^Step 6\. /m);
-    expect(readdirSync(tmp)).toEqual([]);
-    expect(mountsUnder(s.dir)).toEqual([]);
   });
+
+  it("killed (SIGKILL) at ten moments, from before mounting to paused: nothing is left, and the demo inside dies too", async () => {
+    const moments = ["started", "ovl demo:", "Step 1.", "Step 2.", "mounted:", "Step 3.", "Step 4.", "Step 5.", "the overlay is mounted", "Paused."];
+    const mountedAtKill: Record<string, boolean> = {};
+    for (const moment of moments) {
+      const run = ovl(["demo", "--pause"], { env: { TMPDIR: tmp } });
+      const o = output(run);
+      // The demo inside its namespace: setpriv and unshare execute it in the child's own process.
+      const inner = await until("the demo's child", () => childrenOf(run.pid!)[0]);
+      if (moment === "the overlay is mounted") {
+        await until("the overlay in the demo's namespace", () => {
+          try {
+            return mountsOf(inner, tmp).some((m) => m.endsWith(" overlay"));
+          } catch {
+            return false;
+          }
+        });
+      } else if (moment !== "started") await o.until(moment);
+      let mounts: string[] = [];
+      try {
+        mounts = mountsOf(inner, tmp);
+      } catch {
+        // not in its namespace yet
+      }
+      mountedAtKill[moment] = mounts.some((m) => m.endsWith(" overlay"));
+      run.kill("SIGKILL");
+      const r = await run;
+      expect(r.signal).toBe("SIGKILL");
+      await until(`the demo inside to end after SIGKILL at '${moment}'`, () => !alive(inner));
+      expectNothingLeft();
+    }
+    // It was killed with the overlay mounted (at least where it must have been).
+    expect(mountedAtKill).toMatchObject({ "the overlay is mounted": true, "Step 3.": true, "Paused.": true });
+  }, 120_000);
+
+  it("`ovl demo | head -20`, ten times: exits 0 with 20 lines, and leaves nothing", async () => {
+    for (let i = 0; i < 10; i++) {
+      const r = await execa("bash", ["-c", `"$0" "$1" demo | head -20; echo "ovl exited \${PIPESTATUS[0]}" >&2`, process.execPath, cliPath], {
+        reject: false,
+        extendEnv: false,
+        env: cleanEnv({ TMPDIR: tmp }),
+      });
+      expect(r.stdout.split("\n")).toHaveLength(20);
+      expect(r.stdout).toMatch(/^ovl demo: an overlay filesystem, live, in /);
+      expect(r.stderr).toBe("ovl exited 0");
+      expectNothingLeft();
+    }
+  }, 120_000);
 });
 
 describe("ovl demo as an ordinary user", () => {
@@ -109,22 +224,28 @@ describe("ovl demo as an ordinary user", () => {
     const dir = demoDir(r.stdout);
     expectWalkthrough(r.stdout, dir);
     expect(r.stdout).toContain(",userxattr merged");
-    expect(readdirSync(tmp)).toEqual([]);
-    expect(mountsUnder(s.dir)).toEqual([]);
   });
 
   it("cleans up when interrupted with SIGINT, passing the signal to the re-run", async () => {
     const run = ovlAsNobody(["demo", "--pause"], { env: { TMPDIR: tmp } });
-    const out = await untilPaused(run);
+    const { out, pid } = await untilPaused(run);
     const dir = demoDir(out);
-    expect(existsSync(`${dir}/upper/notes.txt`)).toBe(true);
+    expect(out).toContain(`nsenter -t ${pid} -U -m --preserve-credentials`);
+    expect(existsSync(`/proc/${pid}/root${dir}/upper/notes.txt`)).toBe(true);
     // Its mount lives in its own namespace, never in this one.
+    expect(mountsOf(pid, tmp)).toEqual([`${tmp} tmpfs`, `${dir}/merged overlay`]);
     expect(mountsUnder(s.dir)).toEqual([]);
     run.kill("SIGINT");
     const r = await run;
     expect(r.signal).toBe("SIGINT");
     expect(r.stderr).toContain("ovl: demo: SIGINT: stopping and cleaning up");
-    expect(existsSync(dir)).toBe(false);
-    expect(readdirSync(tmp)).toEqual([]);
+  });
+
+  it("killed (SIGKILL) while paused: nothing is left, and the demo inside dies too", async () => {
+    const run = ovlAsNobody(["demo", "--pause"], { env: { TMPDIR: tmp } });
+    const { pid } = await untilPaused(run);
+    run.kill("SIGKILL");
+    expect((await run).signal).toBe("SIGKILL");
+    await until("the demo inside to end", () => !alive(pid));
   });
 });
