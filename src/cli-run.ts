@@ -2,7 +2,7 @@
 import { type Command, Option } from "commander";
 import { mountSpecFromCli } from "./cli.js";
 import { printable } from "./output.js";
-import { checkRunSpec, CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay, type RunSpec } from "./run.js";
+import type { RunSpec } from "./run.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
@@ -24,7 +24,7 @@ interface RunCliOptions {
  * The run's spec from its flags: the layers, `-o`, `-r` and `--data` read exactly as `ovl mount` reads
  * them (mountSpecFromCli), plus `--tmp` / `--tmpfs SIZE`.
  */
-function runSpecFromCli(opts: RunCliOptions): RunSpec {
+function runSpecFromCli(opts: RunCliOptions, checkRunSpec: (spec: RunSpec) => void): RunSpec {
   // The target is the run's own, chosen inside its namespace: none is given here.
   const { target: _target, ...spec } = mountSpecFromCli(undefined, "", {
     ...(opts.lower ? { lower: opts.lower } : {}),
@@ -70,8 +70,10 @@ export function addRunCommand(command: (name: string) => Command, reportError: (
     .option("--tmpfs <size>", "--tmp, with a tmpfs of at most SIZE (bytes, or with k, m, g: 64m; or a share of RAM: 10%)")
     .argument("<command...>", "the command and its arguments (after --)")
     .action(async (command: string[], opts: RunCliOptions) => {
+      // Loaded when the command runs, as every command's own work (ovl ls does not load the mount code).
+      const { checkRunSpec, CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay } = await import("./run.js");
       try {
-        const spec = runSpecFromCli(opts);
+        const spec = runSpecFromCli(opts, checkRunSpec);
         if (!process.env[RUN_NAMESPACE_ENV]) {
           // Re-run this same command line inside fresh namespaces; the inner run does the work.
           process.exitCode = await reexecInNamespace([process.execPath, ...process.execArgv, ...process.argv.slice(1)]);
