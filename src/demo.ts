@@ -143,6 +143,7 @@ export async function runDemo(opts: DemoOptions): Promise<void> {
       ...(opts.userxattr ? { options: { userxattr: true } } : {}),
     });
     write(`  mounted: overlay on ${rel(m.target)} (mount id ${m.id})`);
+    for (const w of m.warnings) process.stderr.write(`ovl: demo: ${w}\n`);
     step();
 
     heading(3, "The merged view: each name comes from the top-most layer that has it");

@@ -360,7 +360,9 @@ export async function runInOverlay(spec: RunSpec, command: string[]): Promise<nu
     mkdirSync(mountSpec.upper);
     mkdirSync(mountSpec.work);
   }
-  await mountOverlay({ ...mountSpec, target, refuseInUse: true });
+  const m = await mountOverlay({ ...mountSpec, target, refuseInUse: true });
+  // What the kernel said, and layers whose owner this user namespace cannot map (a write would fail later).
+  for (const w of m.warnings) process.stderr.write(`ovl: run: ${w}\n`);
   // A signal that came while mounting ends the run before the command starts: let the event loop take it
   // (one turn, through its poll phase) before starting anything.
   await new Promise<void>((resolveTurn) => setImmediate(() => setImmediate(resolveTurn)));
