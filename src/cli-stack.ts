@@ -5,7 +5,7 @@
  * overlay shows and from which layer. Registered on the main program by src/cli.ts.
  */
 import { Command, Option } from "commander";
-import { printable, style, writeJson } from "./output.js";
+import { displayWidth, printable, style, writeJson } from "./output.js";
 import type { Stack, StackCell, StackLayer, StackMerged, StackSource } from "./stack.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
@@ -16,28 +16,6 @@ const typeWord = (t: string) => typeWords[t] ?? t;
 /** How a layer is named in the table: `upper`, `lower 2`, `data 1`. */
 export function layerLabel(l: Pick<StackLayer, "kind" | "index">): string {
   return l.kind === "upper" ? "upper" : `${l.kind} ${l.index}`;
-}
-
-/** Columns wide enough for what a terminal shows: wide (East Asian, emoji) characters count two, combining marks none. */
-export function displayWidth(s: string): number {
-  let w = 0;
-  for (const ch of s) {
-    const c = ch.codePointAt(0)!;
-    if (/\p{Mn}|\p{Me}/u.test(ch) || (c >= 0x1160 && c <= 0x11ff) || c === 0x200b) continue;
-    const wide =
-      (c >= 0x1100 && c <= 0x115f) ||
-      (c >= 0x2e80 && c <= 0xa4cf && c !== 0x303f) ||
-      (c >= 0xac00 && c <= 0xd7a3) ||
-      (c >= 0xf900 && c <= 0xfaff) ||
-      (c >= 0xfe30 && c <= 0xfe4f) ||
-      (c >= 0xff00 && c <= 0xff60) ||
-      (c >= 0xffe0 && c <= 0xffe6) ||
-      (c >= 0x1f300 && c <= 0x1f64f) ||
-      (c >= 0x1f900 && c <= 0x1f9ff) ||
-      (c >= 0x20000 && c <= 0x3fffd);
-    w += wide ? 2 : 1;
-  }
-  return w;
 }
 
 /** A cell as text (no colour), and the colour it gets on a terminal. */

@@ -6,7 +6,7 @@
  */
 import { readlinkSync } from "node:fs";
 import { pathToBuffer } from "./bytes.js";
-import { access, keyOptions, printable, style } from "./output.js";
+import { access, displayWidth, keyOptions, printable, style } from "./output.js";
 import type { MountInfo, OverlayMount } from "./types.js";
 
 type Mount = MountInfo | OverlayMount;
@@ -98,32 +98,6 @@ export function parseColumns(spec: string): string[] | { unknown: string } {
 export function listColumns(): string {
   const w = Math.max(...COLUMNS.map((c) => c.name.length));
   return COLUMNS.map((c) => `${c.name.padEnd(w)}  ${c.help}`).join("\n") + "\n";
-}
-
-/** Display width: wide (CJK, emoji) characters take two cells, combining marks none. */
-export function displayWidth(s: string): number {
-  let w = 0;
-  for (const ch of s) {
-    const c = ch.codePointAt(0)!;
-    if (COMBINING.test(ch)) continue;
-    w += isWide(c) || EMOJI.test(ch) ? 2 : 1;
-  }
-  return w;
-}
-
-const COMBINING = /\p{Mn}|\p{Me}/u;
-const EMOJI = /\p{Extended_Pictographic}/u;
-function isWide(c: number): boolean {
-  return (
-    (c >= 0x1100 && c <= 0x115f) ||
-    (c >= 0x2e80 && c <= 0xa4cf && c !== 0x303f) ||
-    (c >= 0xac00 && c <= 0xd7a3) ||
-    (c >= 0xf900 && c <= 0xfaff) ||
-    (c >= 0xfe30 && c <= 0xfe4f) ||
-    (c >= 0xff00 && c <= 0xff60) ||
-    (c >= 0xffe0 && c <= 0xffe6) ||
-    (c >= 0x20000 && c <= 0x3fffd)
-  );
 }
 
 const padTo = (s: string, width: number) => s + " ".repeat(Math.max(0, width - displayWidth(s)));

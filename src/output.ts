@@ -86,3 +86,32 @@ export function formatMountEvent(type: "mount" | "umount" | "change", m: MountIn
 export function writeJson(value: unknown, stream: NodeJS.WriteStream = process.stdout): void {
   stream.write(`${JSON.stringify(value, null, stream.isTTY ? 2 : undefined)}\n`);
 }
+
+/**
+ * Display width, the cells a terminal gives a string: wide characters (East Asian wide, emoji) two, combining
+ * marks, Hangul medial/final jamo and zero-width space none, the rest one. For padding tables.
+ */
+export function displayWidth(s: string): number {
+  let w = 0;
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (COMBINING.test(ch) || (c >= 0x1160 && c <= 0x11ff) || c === 0x200b) continue;
+    w += isWide(c) || EMOJI.test(ch) ? 2 : 1;
+  }
+  return w;
+}
+
+const COMBINING = /\p{Mn}|\p{Me}/u;
+const EMOJI = /\p{Extended_Pictographic}/u;
+function isWide(c: number): boolean {
+  return (
+    (c >= 0x1100 && c <= 0x115f) ||
+    (c >= 0x2e80 && c <= 0xa4cf && c !== 0x303f) ||
+    (c >= 0xac00 && c <= 0xd7a3) ||
+    (c >= 0xf900 && c <= 0xfaff) ||
+    (c >= 0xfe30 && c <= 0xfe4f) ||
+    (c >= 0xff00 && c <= 0xff60) ||
+    (c >= 0xffe0 && c <= 0xffe6) ||
+    (c >= 0x20000 && c <= 0x3fffd)
+  );
+}
