@@ -91,6 +91,10 @@ function describeError(command: string, err: unknown): { path?: string; what: st
     hint = "mounting needs root (CAP_SYS_ADMIN), or a user namespace that owns the mount namespace (e.g. unshare -Urm; ovl adds userxattr there by itself)";
   }
   if (e.code === "EBUSY" && hint) hint = hint.replace("`lazy: true` (umount -l)", "'ovl umount -l'");
+  // `ovl run` has a throwaway upper of its own to offer.
+  if (command === "run" && hint?.startsWith("add an upper and a work directory")) {
+    hint = "add --tmp (a throwaway upper and work on a tmpfs), --upper U --work W, or a second --lower";
+  }
   return {
     ...(path !== undefined ? { path } : {}),
     what,

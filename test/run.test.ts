@@ -239,6 +239,10 @@ describe("ovl run takes ovl mount's options", () => {
     const none = await run(["--tmp", "--", "true"]);
     expect(none.exitCode).toBe(1);
     expect(none.stderr).toContain("ovl: run: no lower layer given");
+    // One lower and no upper: the hint offers --tmp.
+    const oneLower = await ovl(["run", "--lower", s.dirs("only")[0]!, "--", "true"]);
+    expect(oneLower.exitCode).toBe(32);
+    expect(oneLower.stderr).toContain("ovl: hint: add --tmp (a throwaway upper and work on a tmpfs), --upper U --work W, or a second --lower");
   });
 
   it("-o upperdir=/workdir= keep the changes there; --tmp with them is refused", async () => {
