@@ -1,6 +1,6 @@
 /** `ovl run`: registered on the CLI program by buildProgram(). */
 import { type Command, Option } from "commander";
-import { mountSpecFromCli } from "./cli.js";
+import { type MountCliOptions, mountSpecFromCli } from "./cli.js";
 import { printable } from "./output.js";
 import type { RunSpec } from "./run.js";
 
@@ -9,13 +9,8 @@ const collect = (value: string, previous: string[] | undefined) => [...(previous
 /** Said after commander's `unknown option`: without `--`, the command's own options look like ovl's. */
 const DASH_DASH_HINT = "ovl: hint: put -- before the command, so that its options are not taken for ovl's: ovl run --lower DIR ... -- COMMAND [ARGS...]\n";
 
-interface RunCliOptions {
-  lower?: string[];
-  upper?: string;
-  work?: string;
-  data?: string[];
-  readOnly?: boolean;
-  options?: string[];
+/** `ovl mount`'s layer and option flags (read the same way), plus the run's own scratch space. */
+interface RunCliOptions extends Omit<MountCliOptions, "type"> {
   tmp?: boolean;
   tmpfs?: string;
 }

@@ -215,7 +215,7 @@ async function lsCommand(target: string | undefined, opts: LsOptions): Promise<n
 
 // --- mount ---------------------------------------------------------------------------------------------
 
-interface MountCliOptions {
+export interface MountCliOptions {
   lower?: string[];
   upper?: string;
   work?: string;

@@ -17,7 +17,7 @@ const DOCKER_LAYER = /^\.\.\/([0-9a-f]{12,64})\/diff$/;
 const shortLinks = new Map<string, string>();
 
 /**
- * Docker's overlay2 passes layers as short links (`/var/lib/docker/overlay2/l/XXXX`, to keep mount(2)'s
+ * Docker's overlay2 passes layers as short links (`/var/lib/docker/overlay2/l/<short id>`, to keep mount(2)'s
  * option string under a page): shown as the layer ids they point to (12 characters, as docker shows ids).
  */
 function layerName(path: string): string {

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { execa, type ResultPromise } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { cleanEnv, cliPath, ovl, ovlAsNobody, requireBuiltCli, requireNobodyCanRunCli } from "./cli-helpers.js";
-import { mountsUnder, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { alive, childrenOf, mountsUnder, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;
 /** The demo's TMPDIR: empty before, and it must be empty after. */
@@ -73,23 +73,6 @@ async function until<T>(what: string, f: () => T | undefined | false): Promise<T
   throw new Error(`timed out waiting for ${what}`);
 }
 
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(" ").filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-/** Whether a process is there and not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
 
 /** Mount points of process `pid`'s mount namespace below `dir`, with their types. */
 function mountsOf(pid: number, dir: string): string[] {

@@ -10,7 +10,7 @@ import { setImmediate as tick, setTimeout as sleep } from "node:timers/promises"
 import type { ResultPromise } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { asNobody, cleanEnv, ovl, ovlAsNobody, requireBuiltCli, requireNobodyCanRunCli } from "./cli-helpers.js";
-import { mountsUnder, realRoot, requirePrivateMountNamespace, scratch, setXattr, type Scratch } from "./helpers.js";
+import { alive, childrenOf, mountsUnder, realRoot, requirePrivateMountNamespace, scratch, setXattr, type Scratch } from "./helpers.js";
 
 /** An argument of `sleep` that no other process has: finds the command (and what it started) by /proc. */
 const MARK = "4321.25";
@@ -56,23 +56,6 @@ function markProcesses(): number[] {
   return out;
 }
 
-function childrenOf(pid: number): number[] {
-  try {
-    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(" ").filter(Boolean).map(Number);
-  } catch {
-    return [];
-  }
-}
-
-/** Whether a process is there and not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    return stat.slice(stat.lastIndexOf(")") + 2)[0] !== "Z";
-  } catch {
-    return false;
-  }
-}
 
 /** The ovl inside the namespaces: ovl -> setpriv/unshare -> this one (pid 1 of its pid namespace). */
 function innerOvl(outer: number): number | undefined {
