@@ -362,7 +362,15 @@ async function cycleRows(ctx, suffix) {
 
 /** The internal functions the profile calls, from whichever dist/ module exports them now. */
 async function loadInternals(dist) {
-  const files = ["validate.js", "native.js", "statmount.js", "overlay-options.js", "flags.js", "mountinfo.js", "mount.js"];
+  const files = [
+    "mounting/validate.js",
+    "kernel/native.js",
+    "table/statmount.js",
+    "mounting/overlay-options.js",
+    "mounting/flags.js",
+    "table/mountinfo.js",
+    "mounting/mount.js",
+  ];
   const modules = await Promise.all(files.map((f) => import(dist(f)).catch(() => ({}))));
   const names = [
     "checkSpecShape",
@@ -386,7 +394,7 @@ async function loadInternals(dist) {
   return out;
 }
 
-/** The fsconfig steps mount() hands the kernel on the fd strategy (src/mount.ts fsConfigPlan). */
+/** The fsconfig steps mount() hands the kernel on the fd strategy (src/mounting/mount.ts fsConfigPlan). */
 function fdSteps(x, checked) {
   const K = x.FsConfigKind;
   const steps = [[K.String, "source", checked.source]];
@@ -401,7 +409,7 @@ function fdSteps(x, checked) {
   return steps;
 }
 
-/** statmount's buffer hint as mount() sizes it (src/mount.ts statmountSizeHint). */
+/** statmount's buffer hint as mount() sizes it (src/mounting/mount.ts statmountSizeHint). */
 function sizeHint(checked) {
   const len = (s) => Buffer.byteLength(s);
   let bytes = 1024 + 2 * len(checked.targetDir.real);
@@ -808,8 +816,8 @@ async function tableRows(c) {
 }
 
 async function listRow({ lib, n, rows, sections, dist }, suffix) {
-  const { parseMountInfo } = await import(dist("mountinfo.js"));
-  const { native } = await import(dist("native.js"));
+  const { parseMountInfo } = await import(dist("table/mountinfo.js"));
+  const { native } = await import(dist("kernel/native.js"));
   let entries = 0;
   for (let i = 0; i < 3; i++) entries = (await lib.list({ all: true })).length; // warm up
   // Ways to read the table into a string; the fastest is the baseline. fs.promises.readFile makes one

@@ -4,7 +4,7 @@
 //   walk.cc   walking layers beneath their root fds, with overlay's xattrs
 //   kmsg.h    the kernel log, by position
 // Every export returns a Promise (the call runs on the libuv thread pool) and has a `*Sync` twin; a failure
-// is plain data ({ errno, syscall, ... }), which src/errors.ts turns into a Node-style Error. All argument
+// is plain data ({ errno, syscall, ... }), which src/kernel/errors.ts turns into a Node-style Error. All argument
 // checking beyond "is this the right type" lives in TypeScript; the type checks here only keep bad JavaScript
 // from crashing the process.
 #include <napi.h>

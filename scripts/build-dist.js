@@ -3,9 +3,9 @@
 //   dist/cjs/index.js    loads the ES module build (../index.js) with require(), which Node 20.19+ and 22.12+ do
 //                        without a flag (the build has no top-level await, so it can); on an older Node, or with
 //                        --no-experimental-require-module, it throws an error that says so and what to do.
-//   dist/cjs/*.d.ts      the declarations again, beside a package.json saying "type": "commonjs", so that
-//                        TypeScript reads them as what they describe there: a CommonJS module (under
-//                        "module": "node16"/"node18" it refuses to require() the ES module declarations).
+//   dist/cjs/**/*.d.ts   the declarations again, in the same folders, beside a package.json saying "type":
+//                        "commonjs", so that TypeScript reads them as what they describe there: a CommonJS module
+//                        (under "module": "node16"/"node18" it refuses to require() the ES module declarations).
 // Both load the same ES module, so `require("ovl")` and `import("ovl")` share one instance (no dual package).
 // --clean empties dist/ first: `npm pack` (prepack) packs nothing left over from an older build.
 import { spawnSync } from "node:child_process";
@@ -34,9 +34,20 @@ if (r.status !== 0) process.exit(r.status ?? 1);
 rmSync(cjs, { recursive: true, force: true });
 mkdirSync(cjs);
 writeFileSync(join(cjs, "package.json"), `${JSON.stringify({ type: "commonjs" }, null, 2)}\n`);
-for (const name of readdirSync(dist)) {
-  if (name.endsWith(".d.ts")) copyFileSync(join(dist, name), join(cjs, name));
+/** Copies the declarations under `from` (dist/ and its folders, but not dist/cjs/ itself) to the same place under `to`. */
+function copyDeclarations(from, to) {
+  for (const entry of readdirSync(from, { withFileTypes: true })) {
+    const source = join(from, entry.name);
+    if (entry.isDirectory()) {
+      if (source === cjs) continue;
+      mkdirSync(join(to, entry.name), { recursive: true });
+      copyDeclarations(source, join(to, entry.name));
+    } else if (entry.name.endsWith(".d.ts")) {
+      copyFileSync(source, join(to, entry.name));
+    }
+  }
 }
+copyDeclarations(dist, cjs);
 writeFileSync(
   join(cjs, "index.js"),
   `"use strict";

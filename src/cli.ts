@@ -6,23 +6,23 @@
  */
 import { readFileSync, realpathSync } from "node:fs";
 import { realpath } from "node:fs/promises";
-import { exactArgv } from "./argv.js";
-import { bufferToPath, pathToBuffer } from "./bytes.js";
+import { exactArgv } from "./cli/argv.js";
+import { bufferToPath, pathToBuffer } from "./kernel/bytes.js";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError, Option } from "commander";
-import { addInspectCommands } from "./cli-inspect.js";
-import { addStackCommand } from "./cli-stack.js";
-import { addRunCommand } from "./cli-run.js";
-import { describeErrno } from "./errors.js";
-import type { Holder, HolderList } from "./fuser.js";
-import type { MountSpec } from "./validate.js";
-import { list } from "./table.js";
-import { MountOptionError, parseMountOptions } from "./mount-options.js";
-import type { NativeFailure } from "./native.js";
-import { formatMountEvent, formatTable, printable, style, writeJson } from "./output.js";
-import { defaultColumns, formatLs, listColumns, parseColumns } from "./ls-table.js";
-import { addExamples, completionScript } from "./cli-docs.js";
+import { addInspectCommands } from "./cli/commands/inspect.js";
+import { addStackCommand } from "./cli/commands/stack.js";
+import { addRunCommand } from "./cli/commands/run.js";
+import { describeErrno } from "./kernel/errors.js";
+import type { Holder, HolderList } from "./table/fuser.js";
+import type { MountSpec } from "./mounting/validate.js";
+import { list } from "./table/table.js";
+import { MountOptionError, parseMountOptions } from "./mounting/mount-options.js";
+import type { NativeFailure } from "./kernel/native.js";
+import { formatMountEvent, formatTable, printable, style, writeJson } from "./cli/output.js";
+import { defaultColumns, formatLs, listColumns, parseColumns } from "./cli/ls-table.js";
+import { addExamples, completionScript } from "./cli/docs.js";
 
 export const EXIT = { OK: 0, USAGE: 1, FAILURE: 32, SOME_FAILED: 64 } as const;
 
@@ -154,7 +154,7 @@ async function lsWatch(target: string | undefined, opts: LsOptions): Promise<num
   const pid = pidOption(opts.pid);
   // Mount targets in the table are canonical paths: compare with the canonical form of the one given.
   const path = target !== undefined ? bufferToPath(await realpath(pathToBuffer(resolve(target)), { encoding: "buffer" })) : undefined;
-  const { watch } = await import("./watch.js");
+  const { watch } = await import("./table/watch.js");
   await using events = watch({
     ...(opts.all ? { all: true } : {}),
     ...(pid !== undefined ? { pid } : {}),
@@ -262,7 +262,7 @@ async function mountCommand(args: string[], opts: MountCliOptions): Promise<numb
   if (args.length > 2) throw new UsageError(`too many arguments: ${args.map((a) => `'${a}'`).join(" ")}`, "ovl mount [options] [SOURCE] TARGET");
   const [source, target] = args.length === 2 ? [args[0], args[1]!] : [undefined, args[0]!];
   // A command line refuses an upper/work directory in use by another overlay up front (the library's opt-in).
-  const { mountOverlay } = await import("./mount.js"); // loaded when the command runs, as every command's own work
+  const { mountOverlay } = await import("./mounting/mount.js"); // loaded when the command runs, as every command's own work
   const m = await mountOverlay({ ...mountSpecFromCli(source, target, opts), refuseInUse: true });
   // What the kernel said of a mount that succeeded (a fallback, a layer feature): diagnostics, on stderr.
   for (const w of m.warnings) console.error(`ovl: mount ${printable(m.target)}: kernel: ${w.replace(/^overlay(fs)?: /, "")}`);
@@ -333,7 +333,7 @@ async function explainBusy(target: string): Promise<{ lines: string[]; hints: st
     for (const h of holders) lines.push(`  ${holderLine(h)}`);
   }
   // Stacked mounts share a mount point: each place once, deepest first.
-  const { submountsOf } = await import("./fuser.js");
+  const { submountsOf } = await import("./table/fuser.js");
   const below = [...new Set((await submountsOf(target).catch(() => [])).map((m) => m.target))];
   const isRoot = resolve(target) === "/";
   if (below.length > 0) {
@@ -353,7 +353,7 @@ async function recursiveTargets(target: string): Promise<string[]> {
   const real = bufferToPath(await realpath(pathToBuffer(path), { encoding: "buffer" }));
   let id: number;
   try {
-    const { native } = await import("./native.js");
+    const { native } = await import("./kernel/native.js");
     id = (await native().mountId(pathToBuffer(real), false)).mountId;
   } catch (e) {
     const { code, description } = describeErrno((e as NativeFailure).errno);
@@ -364,7 +364,7 @@ async function recursiveTargets(target: string): Promise<string[]> {
   if (!top || top.target !== real) {
     throw Object.assign(new Error("not a mount point"), { code: "EINVAL", path, syscall: "umount2" });
   }
-  const { unmountOrder } = await import("./fuser.js");
+  const { unmountOrder } = await import("./table/fuser.js");
   return unmountOrder(mounts, id).map((m) => m.target);
 }
 
@@ -372,7 +372,7 @@ async function umountOne(target: string, opts: { lazy?: boolean; force?: boolean
   const targets = opts.recursive ? await recursiveTargets(target) : [target];
   // util-linux: recursion stops at the first unmount that fails.
   for (const t of targets) {
-    const { umount } = await import("./mount.js");
+    const { umount } = await import("./mounting/mount.js");
     await umount(t, { lazy: !!opts.lazy, force: !!opts.force });
     if (opts.verbose) console.log(`unmounted ${printable(resolve(t))}`);
   }
@@ -401,7 +401,7 @@ async function umountCommand(
  * mount, but it is about to exit and is not what keeps the mount busy.
  */
 async function holdersOtherThanOvl(target: string): Promise<HolderList> {
-  const { findHolders } = await import("./fuser.js");
+  const { findHolders } = await import("./table/fuser.js");
   const all = await findHolders(target);
   const others = all.filter((h) => h.pid !== process.pid);
   return Object.assign(others, { uninspected: all.uninspected, mount: all.mount });
@@ -534,7 +534,7 @@ export function buildProgram(): Command {
     .description("show how an overlay works, live, in a temporary directory (as root, or in a user namespace)")
     .option("--pause", "stop before unmounting, until Enter is pressed, to look around")
     .action(async (opts: { pause?: boolean }) => {
-      const { demoCommand } = await import("./demo.js");
+      const { demoCommand } = await import("./sandbox/demo.js");
       const result = await demoCommand(opts);
       if (typeof result === "string") {
         // Interrupted, and cleaned up: die of the same signal, so that the caller sees the interrupt.

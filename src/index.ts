@@ -4,23 +4,23 @@
  *   import * as overlay from "ovl";
  *   await using m = await overlay.mount({ lower: ["/l1", "/l2"], upper: "/u", work: "/w", target: "/mnt" });
  */
-import type { PathLike } from "./bytes.js";
-import { invalidArgType } from "./errors.js";
-import { MountedOverlay, mountOverlay, mountOverlaySync } from "./mount.js";
-import type { MountSpec } from "./validate.js";
+import type { PathLike } from "./kernel/bytes.js";
+import { invalidArgType } from "./kernel/errors.js";
+import { MountedOverlay, mountOverlay, mountOverlaySync } from "./mounting/mount.js";
+import type { MountSpec } from "./mounting/validate.js";
 
-export { OverlayError } from "./errors.js";
-export { bufferToPath, pathToBuffer, type PathEncoding, type PathLike } from "./bytes.js";
-export type { MountFlags } from "./flags.js";
-export { kernelStrategy, MountedOverlay, umount, umountSync, type KernelStrategy, type UmountOptions } from "./mount.js";
-export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoOptions, type ParseMountInfoResult } from "./mountinfo.js";
-export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./overlay-options.js";
-export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table.js";
-export { watch, type MountEvent, type MountWatch, type WatchOptions } from "./watch.js";
+export { OverlayError } from "./kernel/errors.js";
+export { bufferToPath, pathToBuffer, type PathEncoding, type PathLike } from "./kernel/bytes.js";
+export type { MountFlags } from "./mounting/flags.js";
+export { kernelStrategy, MountedOverlay, umount, umountSync, type KernelStrategy, type UmountOptions } from "./mounting/mount.js";
+export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMountInfoOptions, type ParseMountInfoResult } from "./table/mountinfo.js";
+export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./mounting/overlay-options.js";
+export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table/table.js";
+export { watch, type MountEvent, type MountWatch, type WatchOptions } from "./table/watch.js";
 export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
-export type { MountSpec, MountStrategy } from "./validate.js";
-export { diff, type Change, type DiffLayers, type DiffOptions } from "./diff.js";
-export { which, type LayerKind, type LayerRef, type WhichOptions, type WhichResult } from "./which.js";
+export type { MountSpec, MountStrategy } from "./mounting/validate.js";
+export { diff, type Change, type DiffLayers, type DiffOptions } from "./layers/diff.js";
+export { which, type LayerKind, type LayerRef, type WhichOptions, type WhichResult } from "./layers/which.js";
 export {
   stack,
   type Stack,
@@ -32,9 +32,9 @@ export {
   type StackRow,
   type StackSource,
   type StackState,
-} from "./stack.js";
-export { findHolders, submountsOf, type FindHoldersOptions, type HeldFile, type Holder, type HolderList, type HolderUse } from "./fuser.js";
-export { MountOptionError, parseMountOptions, splitOptionString, type ParsedMountOptions } from "./mount-options.js";
+} from "./layers/stack.js";
+export { findHolders, submountsOf, type FindHoldersOptions, type HeldFile, type Holder, type HolderList, type HolderUse } from "./table/fuser.js";
+export { MountOptionError, parseMountOptions, splitOptionString, type ParsedMountOptions } from "./mounting/mount-options.js";
 
 /** The rest of a spec, after the four positional arguments. */
 export type MountRest = Omit<MountSpec, "lower" | "upper" | "work" | "target">;

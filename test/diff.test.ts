@@ -18,7 +18,7 @@ import { execa } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
 import type { OverlayOptions } from "../src/index.js";
-import { native } from "../src/native.js";
+import { native } from "../src/kernel/native.js";
 import { requirePrivateMountNamespace, scratch, type Scratch, setXattr } from "./helpers.js";
 
 let s: Scratch;

@@ -71,7 +71,7 @@ describe("help, completion and the man page", () => {
     try {
       const generate = `
         const { buildProgram } = await import(${JSON.stringify(join(root, "dist", "cli.js"))});
-        const { manPage } = await import(${JSON.stringify(join(root, "dist", "cli-docs.js"))});
+        const { manPage } = await import(${JSON.stringify(join(root, "dist", "cli", "docs.js"))});
         process.stdout.write(manPage(buildProgram(), ${JSON.stringify(JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version)}));`;
       const fresh = execFileSync(process.execPath, ["--input-type=module", "-e", generate], { encoding: "utf8" });
       expect(fresh).toBe(committed);

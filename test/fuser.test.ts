@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, copyFileSync, chmodSync, mkdirSync, openSync, readFileSync, readlinkSync } from "node:fs";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { findHolders, submountsOf, unmountOrder } from "../src/fuser.js";
+import { findHolders, submountsOf, unmountOrder } from "../src/table/fuser.js";
 import * as overlay from "../src/index.js";
 import type { MountInfo } from "../src/types.js";
 import { killChild, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";

@@ -3,8 +3,8 @@ import { readFileSync, readlinkSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
-import { MountInfoParseError, parseMountInfo } from "../src/mountinfo.js";
-import type { MountInfoIssue } from "../src/mountinfo.js";
+import { MountInfoParseError, parseMountInfo } from "../src/table/mountinfo.js";
+import type { MountInfoIssue } from "../src/table/mountinfo.js";
 import type { OverlayMount } from "../src/types.js";
 import { killChild, namespaceChild, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 

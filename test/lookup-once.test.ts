@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameS
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
-import { native, type NativeAddon } from "../src/native.js";
+import { native, type NativeAddon } from "../src/kernel/native.js";
 import { mountsUnder, openFdCount, rawMounts, realRoot, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 let s: Scratch;

@@ -3,8 +3,8 @@ import fc from "fast-check";
 import { execFileSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { MountOptionError, parseMountOptions, splitOptionString } from "../src/mount-options.js";
-import { list } from "../src/table.js";
+import { MountOptionError, parseMountOptions, splitOptionString } from "../src/mounting/mount-options.js";
+import { list } from "../src/table/table.js";
 import { requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 /** Escapes a path for a `lowerdir=` list by hand (kept apart from src/ so the parser is not checked with itself). */

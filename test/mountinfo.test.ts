@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
-import { decodeBytes } from "../src/bytes.js";
+import { decodeBytes } from "../src/kernel/bytes.js";
 import { describe, expect, it } from "vitest";
 import {
   decodeMountInfoField,
@@ -9,7 +9,7 @@ import {
   parseMountInfo,
   splitMountOptions,
   type MountInfoIssue,
-} from "../src/mountinfo.js";
+} from "../src/table/mountinfo.js";
 import type { MountInfo } from "../src/types.js";
 
 const fixtureDir = fileURLToPath(new URL("./fixtures/mountinfo/", import.meta.url));

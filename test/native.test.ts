@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { closeSync } from "node:fs";
 import { beforeAll, describe, expect, it } from "vitest";
-import { addonCandidates, native, type NativeAddon } from "../src/native.js";
+import { addonCandidates, native, type NativeAddon } from "../src/kernel/native.js";
 import { requirePrivateMountNamespace } from "./helpers.js";
 
 let addon: NativeAddon;
@@ -108,11 +108,11 @@ describe("the native addon refuses bad arguments without crashing", () => {
   });
 
   it("the loader names every place it looked when ovl.node is missing", async () => {
-    const tried = addonCandidates("/nowhere/dist");
+    const tried = addonCandidates("/nowhere/dist/kernel");
     expect(tried).toContain("/nowhere/build/Release/ovl.node");
     const { execFileSync } = await import("node:child_process");
     const script = `
-      import { native } from ${JSON.stringify(new URL("../dist/native.js", import.meta.url).pathname)};
+      import { native } from ${JSON.stringify(new URL("../dist/kernel/native.js", import.meta.url).pathname)};
       try { native(); console.log("loaded"); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message, tried: e.tried })); }`;
     const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], {
       encoding: "utf8",
@@ -121,12 +121,12 @@ describe("the native addon refuses bad arguments without crashing", () => {
     // With OVL_NATIVE_PATH pointing nowhere the real build is still found after it.
     expect(out.trim()).toBe("loaded");
     const copy = `${process.env.TMPDIR ?? "/tmp"}/ovl-loader-${process.pid}`;
-    execFileSync("mkdir", ["-p", `${copy}/dist`]);
-    execFileSync("cp", [new URL("../dist/native.js", import.meta.url).pathname, `${copy}/dist/native.js`]);
+    execFileSync("mkdir", ["-p", `${copy}/dist/kernel`]);
+    execFileSync("cp", [new URL("../dist/kernel/native.js", import.meta.url).pathname, `${copy}/dist/kernel/native.js`]);
     try {
       const { OVL_NATIVE_PATH: _, ...envWithout } = process.env;
       const missing = JSON.parse(
-        execFileSync(process.execPath, ["--input-type=module", "-e", script.replace(new URL("../dist/native.js", import.meta.url).pathname, `${copy}/dist/native.js`)], {
+        execFileSync(process.execPath, ["--input-type=module", "-e", script.replace(new URL("../dist/kernel/native.js", import.meta.url).pathname, `${copy}/dist/kernel/native.js`)], {
           encoding: "utf8",
           env: envWithout,
         }),

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { parseMountInfo } from "../src/mountinfo.js";
+import { parseMountInfo } from "../src/table/mountinfo.js";
 import {
   escapeLowerdirPath,
   escapeUpperWorkPath,
@@ -15,7 +15,7 @@ import {
   toOverlayMount,
   unescapeOverlayPath,
   type OverlayLayers,
-} from "../src/overlay-options.js";
+} from "../src/mounting/overlay-options.js";
 import type { OverlayOptions } from "../src/types.js";
 
 const fixtureDir = fileURLToPath(new URL("./fixtures/mountinfo/", import.meta.url));

@@ -29,7 +29,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
-import { parseMountInfo } from "../src/mountinfo.js";
+import { parseMountInfo } from "../src/table/mountinfo.js";
 
 const CI = Boolean(process.env.CI);
 const dirUrl = new URL("../../shared/peer-fixtures/mountinfo/", import.meta.url);

@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, opendirSync, readdirSync, renameSync, type Dirent
 import { execa } from "execa";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
-import { stack } from "../src/stack.js";
+import { stack } from "../src/layers/stack.js";
 import { cleanEnv, cliPath, ovl as run, requireBuiltCli } from "./cli-helpers.js";
 import { requirePrivateMountNamespace, scratch, setXattr, type Scratch } from "./helpers.js";
 

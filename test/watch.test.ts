@@ -3,7 +3,7 @@ import { readFileSync, readlinkSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
-import type { MountEvent, MountWatch } from "../src/watch.js";
+import type { MountEvent, MountWatch } from "../src/table/watch.js";
 import type { MountInfo, OverlayMount } from "../src/types.js";
 import { killChild, namespaceChild, openFdCount, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 

@@ -2,8 +2,8 @@
  * `stack`: one directory of an overlay as its layers hold it, the "sheets on an overhead projector" picture.
  * For every layer (top first) and every name that any layer holds in that directory: what the layer has there
  * (an entry, a whiteout, an opaque directory, or something a layer above hides), and what the overlay shows
- * for the name and from which layer. The lookup is overlay's own, replayed by LowerLayers (src/which.ts) on
- * layers read beneath their root fds (src/xattr.ts); a mounted overlay's own listing is checked against it.
+ * for the name and from which layer. The lookup is overlay's own, replayed by LowerLayers (src/layers/which.ts) on
+ * layers read beneath their root fds (src/layers/xattr.ts); a mounted overlay's own listing is checked against it.
  */
 import type { Dirent } from "node:fs";
 import { readdir, realpath, stat } from "node:fs/promises";
@@ -17,9 +17,9 @@ import {
   decodeBytes,
   encodeOut,
   toBuffer,
-} from "./bytes.js";
-import { OverlayError, invalidArgType, invalidArgValue } from "./errors.js";
-import { absoluteBytes } from "./table.js";
+} from "../kernel/bytes.js";
+import { OverlayError, invalidArgType, invalidArgValue } from "../kernel/errors.js";
+import { absoluteBytes } from "../table/table.js";
 import { LowerLayers, overlayServing, type LayerKind, type LowerDir, type LowerLookup } from "./which.js";
 import {
   LayerReader,

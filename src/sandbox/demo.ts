@@ -16,12 +16,12 @@ import { lstat, mkdir, mkdtemp, readFile, readdir, rm, unlink, writeFile } from 
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { createInterface } from "node:readline";
-import { mount } from "./index.js";
-import { umount } from "./mount.js";
-import { printable, style } from "./output.js";
-import { list } from "./table.js";
+import { mount } from "../index.js";
+import { umount } from "../mounting/mount.js";
+import { printable, style } from "../cli/output.js";
+import { list } from "../table/table.js";
 import { exitIfOrphaned, FORWARDED_SIGNALS, mountPseudoFs, PARENT_ENV, spawnInPrivateNamespaces } from "./run.js";
-import { inUserNamespace } from "./userns.js";
+import { inUserNamespace } from "../kernel/userns.js";
 
 /** Set in the environment of the re-run in its namespace ("root" or "user"), so that it cannot loop. */
 const DEMO_NAMESPACE_ENV = "OVL_DEMO_NAMESPACE";

@@ -5,8 +5,8 @@
  * overlay shows and from which layer. Registered on the main program by src/cli.ts.
  */
 import { Command, Option } from "commander";
-import { displayWidth, printable, style, writeJson } from "./output.js";
-import type { Stack, StackCell, StackLayer, StackMerged, StackSource } from "./stack.js";
+import { displayWidth, printable, style, writeJson } from "../output.js";
+import type { Stack, StackCell, StackLayer, StackMerged, StackSource } from "../../layers/stack.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
@@ -140,7 +140,7 @@ export function addStackCommand(command: (name: string) => Command, reportError:
       }
       let result: Stack;
       try {
-        const { stack } = await import("./stack.js");
+        const { stack } = await import("../../layers/stack.js");
         result =
           opts.lower !== undefined
             ? await stack({ ...(opts.upper !== undefined ? { upper: opts.upper } : {}), lower: opts.lower, userxattr: !!opts.userxattr }, path)

@@ -16,9 +16,9 @@
  *   options must be split on the raw commas before decoding. One exception: SELinux prints
  *   `context="...,..."` (and fscontext/defcontext/rootcontext) with raw commas inside double quotes.
  */
-import { type PathEncoding, bytesOf, checkEncoding, decodeBytes, encodeOut, isAscii, isUtf8Bytes, pathBytes } from "./bytes.js";
-import { invalidArgType } from "./errors.js";
-import type { MountInfo } from "./types.js";
+import { type PathEncoding, bytesOf, checkEncoding, decodeBytes, encodeOut, isAscii, isUtf8Bytes, pathBytes } from "../kernel/bytes.js";
+import { invalidArgType } from "../kernel/errors.js";
+import type { MountInfo } from "../types.js";
 
 /** A line that could not be parsed. */
 export interface MountInfoIssue {

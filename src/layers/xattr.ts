@@ -6,10 +6,10 @@
  */
 import { closeSync } from "node:fs";
 import { constants } from "node:os";
-import { inUserNamespace } from "./userns.js";
-import { decodeBytes, nativePath } from "./bytes.js";
-import { OverlayError, describeErrno, fromNative } from "./errors.js";
-import { native, type NativeEntry, type NativeFailure } from "./native.js";
+import { inUserNamespace } from "../kernel/userns.js";
+import { decodeBytes, nativePath } from "../kernel/bytes.js";
+import { OverlayError, describeErrno, fromNative } from "../kernel/errors.js";
+import { native, type NativeEntry, type NativeFailure } from "../kernel/native.js";
 
 /** Where overlay keeps its xattrs: `trusted.overlay.`, or `user.overlay.` on mounts with `userxattr`. */
 export type OverlayXattrPrefix = "trusted.overlay." | "user.overlay.";

@@ -2,7 +2,7 @@
  * Mount flags as a named set, and their three encodings: fsmount() attributes, fsconfig() superblock flags,
  * and mount(2)'s MS_* bits.
  */
-import { invalidArgType, invalidArgValue } from "./errors.js";
+import { invalidArgType, invalidArgValue } from "../kernel/errors.js";
 
 /** Generic mount flags (as `mount -o` takes them), independent of overlay's own options. */
 export interface MountFlags {

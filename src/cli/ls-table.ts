@@ -5,9 +5,9 @@
  * path columns cut with `…`), padded by display width (wide characters count two, combining marks none).
  */
 import { readlinkSync } from "node:fs";
-import { pathToBuffer } from "./bytes.js";
+import { pathToBuffer } from "../kernel/bytes.js";
 import { access, displayWidth, keyOptions, printable, style } from "./output.js";
-import type { MountInfo, OverlayMount } from "./types.js";
+import type { MountInfo, OverlayMount } from "../types.js";
 
 type Mount = MountInfo | OverlayMount;
 const isOverlayEntry = (m: Mount): m is OverlayMount => "lower" in m;

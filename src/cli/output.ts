@@ -1,6 +1,6 @@
 /** Output for people: escaped paths, aligned tables, colour only on a terminal. */
 import { styleText } from "node:util";
-import type { MountInfo, OverlayMount } from "./types.js";
+import type { MountInfo, OverlayMount } from "../types.js";
 
 /**
  * A path as it is safe to print: control characters and backslashes escaped (`\n`, `\t`, `\x1b`, `\\`), so a

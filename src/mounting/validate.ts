@@ -2,13 +2,13 @@
  * Argument checking and the rules the kernel would enforce, checked before any mount syscall runs, so a bad
  * spec fails with the offending path named and nothing mounted.
  */
-import { OverlayError, describeErrno, invalidArgType, invalidArgValue } from "./errors.js";
+import { OverlayError, describeErrno, invalidArgType, invalidArgValue } from "../kernel/errors.js";
 import { type MountFlags, checkMountFlags } from "./flags.js";
-import { type PathLike, checkPathLike, decodeBytes, nativePath } from "./bytes.js";
-import { parseMountInfoBytes } from "./mountinfo.js";
-import type { FdFacts, OpenPathsResult, ProbeFacts } from "./native.js";
+import { type PathLike, checkPathLike, decodeBytes, nativePath } from "../kernel/bytes.js";
+import { parseMountInfoBytes } from "../table/mountinfo.js";
+import type { FdFacts, OpenPathsResult, ProbeFacts } from "../kernel/native.js";
 import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
-import type { OverlayOptions } from "./types.js";
+import type { OverlayOptions } from "../types.js";
 
 /** How the overlay is handed to the kernel; `auto` picks the best the kernel has. */
 export type MountStrategy = "auto" | "fd" | "string" | "legacy";
@@ -46,7 +46,7 @@ export interface MountSpec {
 }
 
 /**
- * A spec whose shape passed: paths as given, as byte strings (src/bytes.ts; resolved by the kernel, once, when
+ * A spec whose shape passed: paths as given, as byte strings (src/kernel/bytes.ts; resolved by the kernel, once, when
  * opened), and clean option sets.
  */
 export interface ShapedSpec {

@@ -21,11 +21,11 @@
 import { closeSync } from "node:fs";
 import { constants } from "node:os";
 import { basename, dirname, resolve } from "node:path";
-import { OverlayError, describeErrno, fromNative, invalidArgType } from "./errors.js";
+import { OverlayError, describeErrno, fromNative, invalidArgType } from "../kernel/errors.js";
 import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.js";
-import { type PathLike, checkPathLike, decodeBytes, nativePath, pathBytes } from "./bytes.js";
-import { mountInfoOut, parseMountInfoBytes } from "./mountinfo.js";
-import { OVERLAY_PATHS } from "./table.js";
+import { type PathLike, checkPathLike, decodeBytes, nativePath, pathBytes } from "../kernel/bytes.js";
+import { mountInfoOut, parseMountInfoBytes } from "../table/mountinfo.js";
+import { OVERLAY_PATHS } from "../table/table.js";
 import {
   type FsConfigStep,
   FsConfigKind,
@@ -36,11 +36,11 @@ import {
   nativeCall,
   runAsync,
   runSync,
-} from "./native.js";
+} from "../kernel/native.js";
 import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings, toOverlayMount } from "./overlay-options.js";
-import { mountInfoFromStatmount } from "./statmount.js";
-import { inUserNamespace, overflowIds } from "./userns.js";
-import type { MountInfo, OverlayMount, OverlayOptions } from "./types.js";
+import { mountInfoFromStatmount } from "../table/statmount.js";
+import { inUserNamespace, overflowIds } from "../kernel/userns.js";
+import type { MountInfo, OverlayMount, OverlayOptions } from "../types.js";
 import {
   type CheckedSpec,
   type MountSpec,

@@ -8,10 +8,10 @@
 import type { Stats } from "node:fs";
 import { lstat, realpath } from "node:fs/promises";
 import { isAbsolute, posix } from "node:path";
-import { type PathEncoding, type PathLike, bytesOf, checkEncoding, checkPathLike, decodeBytes, encodeOut, toBuffer } from "./bytes.js";
-import { OverlayError, invalidArgType } from "./errors.js";
-import { absoluteBytes, listBytes } from "./table.js";
-import type { MountInfo, OverlayMount } from "./types.js";
+import { type PathEncoding, type PathLike, bytesOf, checkEncoding, checkPathLike, decodeBytes, encodeOut, toBuffer } from "../kernel/bytes.js";
+import { OverlayError, invalidArgType } from "../kernel/errors.js";
+import { absoluteBytes, listBytes } from "../table/table.js";
+import type { MountInfo, OverlayMount } from "../types.js";
 import {
   LayerReader,
   checkXattrAccess,
@@ -226,7 +226,7 @@ export interface WhichResult<P extends string | Buffer = string> extends LayerRe
 }
 
 /**
- * An error whose message and paths were built from byte strings (src/bytes.ts): shown as UTF-8, undecodable
+ * An error whose message and paths were built from byte strings (src/kernel/bytes.ts): shown as UTF-8, undecodable
  * bytes as U+DC80-U+DCFF.
  */
 function layerError(code: string, detail: string, info: { syscall: string; path?: string; dest?: string; hint?: string }): OverlayError {

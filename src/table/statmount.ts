@@ -2,9 +2,9 @@
  * statmount(2) fields → the same MountInfo a line of /proc/self/mountinfo gives, so describing a mount just
  * made costs one syscall however many mounts the machine has.
  */
-import { MOUNT_ATTR, MS } from "./flags.js";
-import type { StatMountResult } from "./native.js";
-import type { MountInfo } from "./types.js";
+import { MOUNT_ATTR, MS } from "../mounting/flags.js";
+import type { StatMountResult } from "../kernel/native.js";
+import type { MountInfo } from "../types.js";
 
 // include/linux/fs.h SB_* as statmount reports them in sb_flags.
 const SB = { RDONLY: 0x1, SYNCHRONOUS: 0x10, MANDLOCK: 0x40, DIRSYNC: 0x80, LAZYTIME: 1 << 25 } as const;

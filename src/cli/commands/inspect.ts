@@ -3,9 +3,9 @@
  * path). Registered on the main program by src/cli.ts.
  */
 import { Command, Option } from "commander";
-import type { Change } from "./diff.js";
-import { printable, style, writeJson } from "./output.js";
-import type { LayerRef, WhichResult } from "./which.js";
+import type { Change } from "../../layers/diff.js";
+import { printable, style, writeJson } from "../output.js";
+import type { LayerRef, WhichResult } from "../../layers/which.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
@@ -69,7 +69,7 @@ export function addInspectCommands(command: (name: string) => Command, reportErr
       let changes: Change[];
       try {
         // Loaded when the command runs: `ovl ls` does not pay for the layer walk's modules.
-        const { diff } = await import("./diff.js");
+        const { diff } = await import("../../layers/diff.js");
         // Without --userxattr, diff() finds out from the layers themselves.
         changes = await diff(target ?? { upper: opts.upper!, lower: opts.lower!, ...(opts.userxattr ? { userxattr: true } : {}) });
       } catch (err) {
@@ -88,7 +88,7 @@ export function addInspectCommands(command: (name: string) => Command, reportErr
     .action(async (path: string, opts: { json?: boolean }) => {
       let result: WhichResult;
       try {
-        const { which } = await import("./which.js");
+        const { which } = await import("../../layers/which.js");
         result = await which(path);
       } catch (err) {
         process.exitCode = reportError("which", err);

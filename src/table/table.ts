@@ -15,12 +15,12 @@ import {
   nativePath,
   pathBytes,
   toBuffer,
-} from "./bytes.js";
-import { OverlayError, fromNative, invalidArgType, invalidArgValue } from "./errors.js";
+} from "../kernel/bytes.js";
+import { OverlayError, fromNative, invalidArgType, invalidArgValue } from "../kernel/errors.js";
 import { mountInfoOut, parseMountInfoBytes, type MountInfoIssue } from "./mountinfo.js";
-import { type NativeAddon, type NativeFailure, native } from "./native.js";
-import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
-import type { MountInfo, OverlayMount } from "./types.js";
+import { type NativeAddon, type NativeFailure, native } from "../kernel/native.js";
+import { toOverlayMount, unescapeOverlayPath } from "../mounting/overlay-options.js";
+import type { MountInfo, OverlayMount } from "../types.js";
 
 export interface ListOptions {
   /** Every mount, not only overlays. */
@@ -63,7 +63,7 @@ export const OVERLAY_PATHS = ["lower", "data", "upper", "work"] as const;
  * text alone cannot tell which. Where the two readings differ (the path holds a backslash), ask the
  * filesystem: the reading that names an existing directory wins, the literal one (fds, ovl's default) when
  * both do. `root` is the prefix under which the mount's paths resolve (`/proc/PID/root` for another process).
- * Works on byte strings (src/bytes.ts) as the parser gives them.
+ * Works on byte strings (src/kernel/bytes.ts) as the parser gives them.
  */
 export async function settleUpperWork(m: OverlayMount, root = ""): Promise<OverlayMount> {
   if (!m.superOptions.some((o) => o.startsWith("lowerdir+=") || o.startsWith("datadir+="))) return m;
@@ -206,7 +206,7 @@ export async function list(opts?: ListOptions): Promise<MountList<MountInfo<stri
 }
 
 /**
- * list() with every path field a byte string (src/bytes.ts), for ovl's own callers: `target` and `file` are
+ * list() with every path field a byte string (src/kernel/bytes.ts), for ovl's own callers: `target` and `file` are
  * byte strings too. Options already checked.
  */
 export async function listBytes(o: Omit<ListOptions, "target" | "file"> & { target?: string; file?: string }): Promise<MountList<MountInfo | OverlayMount>> {

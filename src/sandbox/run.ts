@@ -22,11 +22,11 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { accessSync, chmodSync, closeSync, constants as fsConstants, lstatSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { constants, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { describeErrno, invalidArgValue } from "./errors.js";
-import { MOUNT_ATTR } from "./flags.js";
-import { mountOverlay } from "./mount.js";
-import { FsConfigKind, type FsConfigStep, native, type NativeFailure } from "./native.js";
-import { checkPathArg, type MountSpec } from "./validate.js";
+import { describeErrno, invalidArgValue } from "../kernel/errors.js";
+import { MOUNT_ATTR } from "../mounting/flags.js";
+import { mountOverlay } from "../mounting/mount.js";
+import { FsConfigKind, type FsConfigStep, native, type NativeFailure } from "../kernel/native.js";
+import { checkPathArg, type MountSpec } from "../mounting/validate.js";
 
 const ENOSYS = constants.errno.ENOSYS;
 

@@ -2,7 +2,7 @@
  * The raw addon, typed on its own apart from the public API, and the one loader that finds it.
  *
  * Every function returns a promise settled from the libuv thread pool. A rejection is plain data
- * (`NativeFailure`), never an Error: src/errors.ts turns it into one.
+ * (`NativeFailure`), never an Error: src/kernel/errors.ts turns it into one.
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -81,7 +81,7 @@ export interface FdFacts {
 
 /**
  * One path of openPaths(): its fd (the caller's to use and close), the path the kernel holds for it (a byte
- * string: one character per byte, see src/bytes.ts), and facts.
+ * string: one character per byte, see src/kernel/bytes.ts), and facts.
  */
 export type OpenedPath =
   | (FdFacts & { fd: number; realpath: string; errno?: undefined })
@@ -221,9 +221,9 @@ export type NativeAddon = Async<NativeCalls> &
     MountWatcher: new (path: PathArg) => NativeMountWatcher;
   };
 
-/** Where the loader looks for ovl.node, relative to this module (src/ or dist/). */
+/** Where the loader looks for ovl.node, relative to this module (src/kernel/ or dist/kernel/). */
 export function addonCandidates(moduleDir: string): string[] {
-  const root = resolve(moduleDir, "..");
+  const root = resolve(moduleDir, "..", "..");
   return [
     ...(process.env.OVL_NATIVE_PATH ? [resolve(process.env.OVL_NATIVE_PATH)] : []),
     join(root, "build", "Release", "ovl.node"),
@@ -247,7 +247,7 @@ export function native(): NativeAddon {
   }
   const err = new Error(
     `ovl: the native addon ovl.node was not found. Looked in:\n${candidates.map((c) => `  - ${c}`).join("\n")}\n` +
-      `Rebuild it with \`npm rebuild ovl\` (or \`npx node-gyp rebuild\` in ${resolve(here, "..")}); ` +
+      `Rebuild it with \`npm rebuild ovl\` (or \`npx node-gyp rebuild\` in ${resolve(here, "..", "..")}); ` +
       `it needs python3, make and a C++ compiler. OVL_NATIVE_PATH may name the file directly.`,
   ) as Error & { code: string; tried: string[] };
   err.code = "ERR_OVL_NATIVE_MISSING";

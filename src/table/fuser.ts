@@ -10,12 +10,12 @@
  * (root), confirmed by mount id.
  */
 import { readFile, readdir, readlink, stat } from "node:fs/promises";
-import { type PathEncoding, type PathLike, bytesOf, checkEncoding, checkPathLike, decodeBytes, encodeOut, nativePath } from "./bytes.js";
-import { OverlayError, describeErrno, invalidArgType } from "./errors.js";
+import { type PathEncoding, type PathLike, bytesOf, checkEncoding, checkPathLike, decodeBytes, encodeOut, nativePath } from "../kernel/bytes.js";
+import { OverlayError, describeErrno, invalidArgType } from "../kernel/errors.js";
 import { mountInfoOut } from "./mountinfo.js";
-import { native, type NativeFailure } from "./native.js";
+import { native, type NativeFailure } from "../kernel/native.js";
 import { absoluteBytes, listBytes } from "./table.js";
-import type { MountInfo } from "./types.js";
+import type { MountInfo } from "../types.js";
 
 /** How a process holds a mount, in fuser's terms. */
 export type HolderUse = "cwd" | "root" | "exe" | "open" | "map";

@@ -13,10 +13,10 @@ import {
   decodeBytes,
   encodeOut,
   toBuffer,
-} from "./bytes.js";
-import { native } from "./native.js";
-import { absoluteBytes } from "./table.js";
-import { OverlayError, invalidArgType, invalidArgValue } from "./errors.js";
+} from "../kernel/bytes.js";
+import { native } from "../kernel/native.js";
+import { absoluteBytes } from "../table/table.js";
+import { OverlayError, invalidArgType, invalidArgValue } from "../kernel/errors.js";
 import { LowerLayers, overlayServing, type LowerDir } from "./which.js";
 import {
   LayerReader,

@@ -23,7 +23,7 @@
  *   userxattr, verity. `volatile` is an alias of `fsync=volatile`; 6.18 also takes `fsync=auto`
  *   (the default, never shown) and `fsync=strict` (shown as `fsync=strict`). Older kernels show `volatile`.
  */
-import type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
+import type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "../types.js";
 
 /** The layers and features of an overlay, as read from its super options. */
 export interface OverlayLayers {

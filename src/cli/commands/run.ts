@@ -1,8 +1,8 @@
 /** `ovl run`: registered on the CLI program by buildProgram(). */
 import { type Command, Option } from "commander";
-import { type MountCliOptions, mountSpecFromCli } from "./cli.js";
-import { printable } from "./output.js";
-import type { RunSpec } from "./run.js";
+import { type MountCliOptions, mountSpecFromCli } from "../../cli.js";
+import { printable } from "../output.js";
+import type { RunSpec } from "../../sandbox/run.js";
 
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
@@ -66,7 +66,7 @@ export function addRunCommand(command: (name: string) => Command, reportError: (
     .argument("<command...>", "the command and its arguments (after --)")
     .action(async (command: string[], opts: RunCliOptions) => {
       // Loaded when the command runs, as every command's own work (ovl ls does not load the mount code).
-      const { checkRunSpec, CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay } = await import("./run.js");
+      const { checkRunSpec, CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay } = await import("../../sandbox/run.js");
       try {
         const spec = runSpecFromCli(opts, checkRunSpec);
         if (!process.env[RUN_NAMESPACE_ENV]) {

@@ -9,13 +9,13 @@
  */
 import { readlink } from "node:fs/promises";
 import { constants } from "node:os";
-import { OverlayError, fromNative, invalidArgType } from "./errors.js";
-import { type PathEncoding, checkEncoding, decodeBytes } from "./bytes.js";
+import { OverlayError, fromNative, invalidArgType } from "../kernel/errors.js";
+import { type PathEncoding, checkEncoding, decodeBytes } from "../kernel/bytes.js";
 import { MountInfoParseError, mountInfoOut, parseMountInfoLine, type MountInfoIssue } from "./mountinfo.js";
-import { native, type NativeFailure, type NativeMountWatcher } from "./native.js";
-import { toOverlayMount } from "./overlay-options.js";
+import { native, type NativeFailure, type NativeMountWatcher } from "../kernel/native.js";
+import { toOverlayMount } from "../mounting/overlay-options.js";
 import { OVERLAY_PATHS, checkTableOptions, isOverlay, settleUpperWork } from "./table.js";
-import type { MountInfo, OverlayMount } from "./types.js";
+import type { MountInfo, OverlayMount } from "../types.js";
 
 export interface WatchOptions {
   /** Every mount, not only overlays. */

@@ -15,7 +15,7 @@
  */
 import type { MountFlags } from "./flags.js";
 import { splitLowerdir, unescapeOverlayPath } from "./overlay-options.js";
-import type { OverlayOptions } from "./types.js";
+import type { OverlayOptions } from "../types.js";
 
 /** What an `-o` string says: layers (only those it names), overlay options and generic flags. */
 export interface ParsedMountOptions {

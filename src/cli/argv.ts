@@ -4,7 +4,7 @@
  * the bytes: the last arguments there are the program's own (Node's options and the script come first).
  */
 import { readFileSync } from "node:fs";
-import { bytesOf, decodeBytes, toBuffer } from "./bytes.js";
+import { bytesOf, decodeBytes, toBuffer } from "../kernel/bytes.js";
 
 /**
  * `argv` with the program's arguments re-read from /proc/self/cmdline in ovl's string view (undecodable
