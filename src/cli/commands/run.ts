@@ -1,10 +1,13 @@
-/** `ovl run`: registered on the CLI program by buildProgram(). */
-import { type Command, Option } from "commander";
-import { type MountCliOptions, mountSpecFromCli } from "../../cli.js";
-import { printable } from "../output.js";
+/**
+ * `ovl run`: a command inside a throwaway overlay, in private namespaces. The layers and options are read as
+ * `ovl mount` reads them (mount-spec.ts); the run's code (src/sandbox/run.ts) loads when it runs.
+ */
+import { Option } from "commander";
 import type { RunSpec } from "../../sandbox/run.js";
-
-const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
+import { type CommandFactory, collect } from "../command.js";
+import { reportError } from "../errors.js";
+import type { MountCliOptions } from "../mount-spec.js";
+import { printable } from "../output.js";
 
 /** Said after commander's `unknown option`: without `--`, the command's own options look like ovl's. */
 const DASH_DASH_HINT = "ovl: hint: put -- before the command, so that its options are not taken for ovl's: ovl run --lower DIR ... -- COMMAND [ARGS...]\n";
@@ -19,7 +22,8 @@ interface RunCliOptions extends Omit<MountCliOptions, "type"> {
  * The run's spec from its flags: the layers, `-o`, `-r` and `--data` read exactly as `ovl mount` reads
  * them (mountSpecFromCli), plus `--tmp` / `--tmpfs SIZE`.
  */
-function runSpecFromCli(opts: RunCliOptions, checkRunSpec: (spec: RunSpec) => void): RunSpec {
+async function runSpecFromCli(opts: RunCliOptions, checkRunSpec: (spec: RunSpec) => void): Promise<RunSpec> {
+  const { mountSpecFromCli } = await import("../mount-spec.js");
   // The target is the run's own, chosen inside its namespace: none is given here.
   const { target: _target, ...spec } = mountSpecFromCli(undefined, "", {
     ...(opts.lower ? { lower: opts.lower } : {}),
@@ -40,7 +44,7 @@ function runSpecFromCli(opts: RunCliOptions, checkRunSpec: (spec: RunSpec) => vo
 }
 
 /** Registers `run` with `command(name)`, the CLI's factory for subcommands (error format and help hint). */
-export function addRunCommand(command: (name: string) => Command, reportError: (command: string, err: unknown) => number): void {
+export function addRunCommand(command: CommandFactory): void {
   const run = command("run");
   const { outputError } = run.configureOutput();
   run.configureOutput({
@@ -68,7 +72,7 @@ export function addRunCommand(command: (name: string) => Command, reportError: (
       // Loaded when the command runs, as every command's own work (ovl ls does not load the mount code).
       const { checkRunSpec, CommandNotStartedError, RUN_NAMESPACE_ENV, reexecInNamespace, runInOverlay } = await import("../../sandbox/run.js");
       try {
-        const spec = runSpecFromCli(opts, checkRunSpec);
+        const spec = await runSpecFromCli(opts, checkRunSpec);
         if (!process.env[RUN_NAMESPACE_ENV]) {
           // Re-run this same command line inside fresh namespaces; the inner run does the work.
           process.exitCode = await reexecInNamespace([process.execPath, ...process.execArgv, ...process.argv.slice(1)]);

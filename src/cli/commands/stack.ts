@@ -2,13 +2,13 @@
  * `ovl stack`: one directory of an overlay drawn as sheets on an overhead projector. One column per layer,
  * top first, one row per name any layer holds there; each cell says what that layer has (an entry, a
  * whiteout, an opaque directory, or something hidden by a layer above), and the last column what the
- * overlay shows and from which layer. Registered on the main program by src/cli.ts.
+ * overlay shows and from which layer.
  */
-import { Command, Option } from "commander";
-import { displayWidth, printable, style, writeJson } from "../output.js";
+import { type Command, Option } from "commander";
 import type { Stack, StackCell, StackLayer, StackMerged, StackSource } from "../../layers/stack.js";
-
-const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
+import { type CommandFactory, collect } from "../command.js";
+import { reportError } from "../errors.js";
+import { displayWidth, printable, style, writeJson } from "../output.js";
 
 const typeWords: Record<string, string> = { directory: "dir", symlink: "link" };
 const typeWord = (t: string) => typeWords[t] ?? t;
@@ -125,7 +125,7 @@ export function formatStack(s: Stack): string {
 }
 
 /** Registers `stack` with `command(name)`, the CLI's factory for subcommands (error format and help hint). */
-export function addStackCommand(command: (name: string) => Command, reportError: (command: string, err: unknown) => number): void {
+export function addStackCommand(command: CommandFactory): void {
   command("stack")
     .description("one directory of an overlay, layer by layer: what each layer holds there, what it hides, and what the overlay shows")
     .argument("[path]", "a directory of a mounted overlay (default: the current directory); with --lower, a directory from the layers' root (default /)")

@@ -1,13 +1,12 @@
 /**
- * The inspection commands of `ovl`: `diff` (what the upper layer changed) and `which` (which layer serves a
- * path). Registered on the main program by src/cli.ts.
+ * `ovl diff`: what an overlay's upper layer changed, like `docker diff`, for a mounted overlay or for layers
+ * that are not mounted. The layer walk loads when the command runs.
  */
-import { Command, Option } from "commander";
+import { type Command, Option } from "commander";
 import type { Change } from "../../layers/diff.js";
+import { type CommandFactory, collect } from "../command.js";
+import { reportError } from "../errors.js";
 import { printable, style, writeJson } from "../output.js";
-import type { LayerRef, WhichResult } from "../../layers/which.js";
-
-const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
 const changeColor = { A: "green", C: "yellow", D: "red" } as const;
 
@@ -26,29 +25,8 @@ export function formatChanges(changes: Change[]): string {
     .join("");
 }
 
-function layerLabel(r: LayerRef): string {
-  return r.kind === "upper" ? "upper" : `${r.kind} ${r.index}`;
-}
-
-/** The serving layer first, then (for a directory) the layers merged under it, or a metacopy's data. */
-export function formatWhich(r: WhichResult): string {
-  const rows: Array<[LayerRef, string]> = [];
-  if (r.mergedFrom) r.mergedFrom.forEach((m, i) => rows.push([m, i === 0 ? "" : "merged"]));
-  else if (!r.metadataOnly) rows.push([r, ""]);
-  else if (r.data) rows.push([r, "metadata"], [r.data, "data"]);
-  else rows.push([r, "metadata; its data was not found"]);
-  const width = Math.max(...rows.map(([ref]) => layerLabel(ref).length));
-  return rows
-    .map(([ref, note]) => {
-      const label = layerLabel(ref).padEnd(width);
-      const suffix = note ? `  ${style("dim", `(${note})`)}` : "";
-      return `${style("bold", label)}  ${printable(ref.realPath)}${suffix}\n`;
-    })
-    .join("");
-}
-
-/** Registers `diff` and `which` with `command(name)`, the CLI's factory for subcommands (error format and help hint). */
-export function addInspectCommands(command: (name: string) => Command, reportError: (command: string, err: unknown) => number): void {
+/** Registers `diff` with `command(name)`, the CLI's factory for subcommands (error format and help hint). */
+export function addDiffCommand(command: CommandFactory): void {
   command("diff")
     .description("what changed in an overlay's upper layer, like docker diff (A added, C changed, D deleted)")
     .argument("[target]", "mount point of the overlay")
@@ -78,24 +56,6 @@ export function addInspectCommands(command: (name: string) => Command, reportErr
       }
       if (opts.json) writeJson(changes);
       else process.stdout.write(formatChanges(changes));
-      process.exitCode = 0;
-    });
-
-  command("which")
-    .description("which layer of a mounted overlay serves a path")
-    .argument("<path>", "a path inside a mounted overlay")
-    .option("-J, --json", "JSON output for scripts")
-    .action(async (path: string, opts: { json?: boolean }) => {
-      let result: WhichResult;
-      try {
-        const { which } = await import("../../layers/which.js");
-        result = await which(path);
-      } catch (err) {
-        process.exitCode = reportError("which", err);
-        return;
-      }
-      if (opts.json) writeJson(result);
-      else process.stdout.write(formatWhich(result));
       process.exitCode = 0;
     });
 }
