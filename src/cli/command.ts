@@ -1,6 +1,6 @@
 /**
- * What every command module is handed and shares: the factory that makes a subcommand with ovl's error
- * format and help hint, and commander helpers. One module a command lives in src/cli/commands/.
+ * What the command modules (src/cli/commands/, one a command) are handed and share: the factory that makes
+ * a subcommand with ovl's error format and help hint, and commander helpers.
  */
 import type { Command } from "commander";
 
