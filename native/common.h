@@ -281,5 +281,6 @@ void ExportBoth(Napi::Env env, Napi::Object exports, const char* name) {
 void RegisterMount(Napi::Env env, Napi::Object exports);
 void RegisterTable(Napi::Env env, Napi::Object exports);
 void RegisterWalk(Napi::Env env, Napi::Object exports);
+void RegisterTree(Napi::Env env, Napi::Object exports);
 
 }  // namespace ovl

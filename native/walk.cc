@@ -85,6 +85,11 @@ struct EntryFacts {
   uint32_t rdev_major = 0, rdev_minor = 0;
   uint64_t size = 0;
   uint64_t ino = 0;
+  uint32_t uid = 0, gid = 0, nlink = 0;
+  int64_t mtime_sec = 0;
+  uint32_t mtime_nsec = 0;
+  bool has_link = false;           // a symlink whose text was read
+  std::string link;
   int xattr_err = 0;               // listing or reading xattrs failed (other than "none here")
   const char* xattr_syscall = "";
   std::vector<std::pair<std::string, std::string>> xattrs;  // name, raw value
@@ -146,10 +151,25 @@ void FillStat(const struct stat& st, EntryFacts* f) {
   f->mode = st.st_mode;
   f->size = static_cast<uint64_t>(st.st_size);
   f->ino = static_cast<uint64_t>(st.st_ino);
+  f->uid = st.st_uid;
+  f->gid = st.st_gid;
+  f->nlink = static_cast<uint32_t>(st.st_nlink);
+  f->mtime_sec = st.st_mtim.tv_sec;
+  f->mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
   if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
     f->rdev_major = major(st.st_rdev);
     f->rdev_minor = minor(st.st_rdev);
   }
+}
+
+// A symlink's text, read relative to its directory (never followed).
+void ReadLinkAt(int dfd, const std::string& name, EntryFacts* f) {
+  if (!S_ISLNK(f->mode)) return;
+  std::vector<char> buf(f->size + 2 > 256 ? f->size + 2 : 256);
+  ssize_t n = readlinkat(dfd, name.c_str(), buf.data(), buf.size());
+  if (n < 0 || static_cast<size_t>(n) >= buf.size()) return;  // changed meanwhile: no text rather than a wrong one
+  f->link.assign(buf.data(), static_cast<size_t>(n));
+  f->has_link = true;
 }
 
 Napi::Object EntryToObject(Napi::Env env, const EntryFacts& f, bool with_name) {
@@ -163,6 +183,12 @@ Napi::Object EntryToObject(Napi::Env env, const EntryFacts& f, bool with_name) {
   o.Set("mode", Napi::Number::New(env, f.mode));
   o.Set("size", Napi::Number::New(env, static_cast<double>(f.size)));
   o.Set("ino", Napi::BigInt::New(env, f.ino));
+  o.Set("uid", Napi::Number::New(env, f.uid));
+  o.Set("gid", Napi::Number::New(env, f.gid));
+  o.Set("nlink", Napi::Number::New(env, f.nlink));
+  o.Set("mtimeSec", Napi::Number::New(env, static_cast<double>(f.mtime_sec)));
+  o.Set("mtimeNsec", Napi::Number::New(env, f.mtime_nsec));
+  if (f.has_link) o.Set("linkTarget", Latin1(env, f.link));
   if (S_ISCHR(f.mode) || S_ISBLK(f.mode)) {
     o.Set("rdevMajor", Napi::Number::New(env, f.rdev_major));
     o.Set("rdevMinor", Napi::Number::New(env, f.rdev_minor));
@@ -242,6 +268,7 @@ class LstatXattrsCall : public Call {
         continue;
       }
       FillStat(st, &f);
+      ReadLinkAt(dir.get(), p.name, &f);
       ReadXattrs(dir.get(), p.name, prefix_, &f);
     }
     return true;
@@ -342,6 +369,7 @@ class ScanDirsCall : public Call {
         f.syscall = "lstat";
       } else {
         FillStat(st, &f);
+        ReadLinkAt(fd, f.name, &f);
         ReadXattrs(fd, f.name, prefix_, &f);
       }
       out->entries.push_back(std::move(f));

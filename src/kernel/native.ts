@@ -140,6 +140,13 @@ export type NativeEntry =
       mode: number;
       size: number;
       ino: bigint;
+      uid: number;
+      gid: number;
+      nlink: number;
+      mtimeSec: number;
+      mtimeNsec: number;
+      /** A symlink's text (a byte string). */
+      linkTarget?: string;
       /** Device numbers, for character and block devices only (a whiteout is a character device 0/0). */
       rdevMajor?: number;
       rdevMinor?: number;
@@ -211,6 +218,20 @@ export interface NativeCalls {
   lstatXattrs(items: LayerName[], prefix: string): NativeEntry[];
   /** Every entry of each directory below a layer root, with lstat facts and xattrs named `prefix*`. */
   scanDirs(dirs: LayerDir[], prefix: string): NativeDirScan[];
+  /**
+   * Runs the records in `ops` (src/layers/tree-ops.ts encodes them; native/tree.cc runs them) beneath the
+   * directory `rootFd` holds: every parent opened with openat2 RESOLVE_BENEATH|NO_SYMLINKS|NO_XDEV, every entry
+   * made with an *at() call that does not follow it. `data` holds the bodies File records name by index. A
+   * failure's `step` is the index of the record that failed (those before it were done).
+   */
+  applyOps(rootFd: number, ops: Buffer, data: Buffer[]): { fds: number[] };
+  /** An fd (O_NOFOLLOW|O_CLOEXEC added) for a name below `rootFd`, reached without symlinks, `..` or mounts. */
+  openBeneath(rootFd: number, path: PathArg, flags: number): number;
+  /**
+   * Each regular file [dir, name] below `rootFd` read whole (opened O_NOFOLLOW from its directory, reached
+   * beneath the root): its bytes, a failure, or `{ size }` when it is over `maxEach` bytes (to be streamed).
+   */
+  readFiles(rootFd: number, items: [dir: PathArg, name: PathArg][], maxEach: number): Array<Buffer | { errno: number; syscall: string } | { size: number; errno?: undefined }>;
 }
 
 type Async<T> = { [K in keyof T]: T[K] extends (...a: infer A) => infer R ? (...a: A) => Promise<R> : never };

@@ -97,7 +97,7 @@ async function checkLayers(spec: unknown): Promise<Layers> {
 }
 
 /** The layers of the overlay mounted at `target` (which must be its mount point), as byte strings. */
-async function mountedLayers(target: unknown): Promise<Layers | undefined> {
+export async function mountedLayers(target: unknown): Promise<Layers | undefined> {
   const abs = absoluteBytes(checkPathLike(target, "target"));
   const shown = decodeBytes(abs);
   let real: string;
@@ -125,7 +125,7 @@ async function mountedLayers(target: unknown): Promise<Layers | undefined> {
  * Whether the upper layer keeps overlay's xattrs in `user.overlay.*`: its top directory's entries are read
  * once with every xattr; `trusted.overlay.*` ones (root's mounts) win, else `user.overlay.*` ones say so.
  */
-async function keepsUserXattrs(roots: LayerRoot[]): Promise<boolean> {
+export async function keepsUserXattrs(roots: LayerRoot[]): Promise<boolean> {
   const [top] = await native().scanDirs([[roots[0]!.fd, ""]], "");
   let user = false;
   for (const e of top?.entries ?? []) {
@@ -138,7 +138,7 @@ async function keepsUserXattrs(roots: LayerRoot[]): Promise<boolean> {
 }
 
 /** The names a stack of lower directories shows, each with the entry that shows it (whiteouts hide). */
-function lowerListing(reader: LayerReader, lowers: LowerLayers, base: LowerDir[]): Map<string, LayerEntry> {
+export function lowerListing(reader: LayerReader, lowers: LowerLayers, base: LowerDir[]): Map<string, LayerEntry> {
   const shown = new Map<string, LayerEntry>();
   const decided = new Set<string>();
   for (const dir of base) {

@@ -35,6 +35,8 @@ export interface LayerEntry {
   redirect?: string;
   /** `overlay.metacopy`: a metadata-only copy, its data still in a lower layer. */
   metacopy: boolean;
+  /** The lstat facts and xattrs as read (every xattr when the reader scans with prefix ""). */
+  raw: NativeEntry & { errno?: undefined };
 }
 
 const S_IFMT = 0o170000;
@@ -71,6 +73,7 @@ export function interpretEntry(raw: NativeEntry & { errno?: undefined }, prefix:
     opaque,
     ...(redirect !== undefined && (type === "directory" || type === "file") ? { redirect } : {}),
     metacopy: type === "file" && overlay.metacopy !== undefined,
+    raw,
   };
 }
 
@@ -175,6 +178,8 @@ export class LayerReader {
   constructor(
     readonly prefix: OverlayXattrPrefix,
     readonly roots: LayerRoot[],
+    /** The xattrs read with each entry: overlay's (the default), or "" for all of them (exporting a layer). */
+    readonly scanPrefix: string = prefix,
   ) {}
 
   /** The path of a place, for messages and results: its root's path plus the path below it. */
@@ -201,7 +206,7 @@ export class LayerReader {
     for (let i = 0; i < wanted.length; i += SCAN_BATCH) batches.push(wanted.slice(i, i + SCAN_BATCH));
     await Promise.all(
       batches.map(async (batch) => {
-        const results = await native().scanDirs(batch.map((d) => this.dirArg(d)), this.prefix);
+        const results = await native().scanDirs(batch.map((d) => this.dirArg(d)), this.scanPrefix);
         results.forEach((r, i) => {
           const dir = batch[i]!;
           if (r.errno !== undefined) throw this.walkError(r, dir, "reading a layer directory");
@@ -239,7 +244,7 @@ export class LayerReader {
           const [fd, dir] = this.dirArg({ root: p.root, path: p.path.slice(0, p.path.lastIndexOf("/")) });
           return [fd, dir, nativePath(lastName(p))] as [number, string | Buffer, string | Buffer];
         });
-        const results = await native().lstatXattrs(items, this.prefix);
+        const results = await native().lstatXattrs(items, this.scanPrefix);
         results.forEach((r, k) => {
           const place = batch[k]!;
           if (r.errno === undefined) this.paths.set(locKey(place), this.interpret(r, place));
