@@ -175,10 +175,15 @@ bool RemoveTree(int dfd, const std::string& name, int depth, const char** failed
 
 class ApplyOpsCall : public Call {
  public:
-  ApplyOpsCall(int root, std::vector<Op> ops, std::vector<std::pair<const char*, size_t>> data, Napi::Object keep)
-      : root_(root), ops_(std::move(ops)), data_(std::move(data)), keep_(Napi::Persistent(keep)) {}
+  ApplyOpsCall(int root, const char* ops, size_t ops_len, std::vector<std::pair<const char*, size_t>> data, Napi::Object keep)
+      : root_(root), ops_bytes_(ops), ops_len_(ops_len), data_(std::move(data)), keep_(Napi::Persistent(keep)) {}
 
   bool Run() override {
+    // The records are decoded here, on the pool thread: a batch of thousands costs the main thread nothing.
+    if (!Decode()) {
+      errno = EINVAL;
+      return Fail("applyOps");
+    }
     for (size_t i = 0; i < ops_.size(); i++) {
       if (!RunOp(ops_[i])) {
         error_.step = static_cast<int>(i);
@@ -312,10 +317,14 @@ class ApplyOpsCall : public Call {
     }
   }
 
+  bool Decode();
+
   int root_;
+  const char* ops_bytes_;
+  size_t ops_len_;
   std::vector<Op> ops_;
   std::vector<std::pair<const char*, size_t>> data_;
-  Napi::ObjectReference keep_;  // the data Buffers stay alive until the call is done (released on the main thread)
+  Napi::ObjectReference keep_;  // the Buffers stay alive until the call is done (released on the main thread)
   Fd parent_fd_;
   std::string parent_path_;
   std::vector<int> fds_;
@@ -350,34 +359,40 @@ Napi::Value ApplyOps(const Napi::CallbackInfo& info, bool sync) {
     auto b = v.As<Napi::Buffer<char>>();
     data.emplace_back(b.Data(), b.Length());
   }
-  std::vector<Op> ops;
-  const char* p = buf.Data();
-  const char* end = p + buf.Length();
+  // Both Buffers are held by one object the call keeps a reference to.
+  Napi::Object keep = Napi::Object::New(env);
+  keep.Set("ops", opsValue);
+  keep.Set("data", dataArray);
+  return Dispatch(env, std::make_unique<ApplyOpsCall>(root, buf.Data(), buf.Length(), std::move(data), keep), sync);
+}
+
+bool ApplyOpsCall::Decode() {
+  const char* p = ops_bytes_;
+  const char* end = p + ops_len_;
   while (p < end) {
     Op op;
-    if (static_cast<size_t>(end - p) < sizeof(Head)) return ThrowRange(env, "argument 'ops' ends inside a record"), env.Undefined();
+    if (static_cast<size_t>(end - p) < sizeof(Head)) return false;
     std::memcpy(&op.h, p, sizeof(Head));
     p += sizeof(Head);
     if (!TakeBytes(p, end, op.h.parent_len, &op.parent) || !TakeBytes(p, end, op.h.name_len, &op.name) ||
         !TakeBytes(p, end, op.h.target_len, &op.target) || !TakeBytes(p, end, op.h.target2_len, &op.target2))
-      return ThrowRange(env, "argument 'ops' has a malformed record"), env.Undefined();
+      return false;
     for (uint32_t k = 0; k < op.h.xattr_count; k++) {
       uint32_t lens[2];
-      if (static_cast<size_t>(end - p) < sizeof(lens)) return ThrowRange(env, "argument 'ops' has a malformed xattr"), env.Undefined();
+      if (static_cast<size_t>(end - p) < sizeof(lens)) return false;
       std::memcpy(lens, p, sizeof(lens));
       p += sizeof(lens);
       Xattr x;
-      if (!TakeBytes(p, end, lens[0], &x.name) || static_cast<size_t>(end - p) < lens[1])
-        return ThrowRange(env, "argument 'ops' has a malformed xattr"), env.Undefined();
+      if (!TakeBytes(p, end, lens[0], &x.name) || static_cast<size_t>(end - p) < lens[1]) return false;
       x.value = p;
       x.size = lens[1];
       p += lens[1];
       op.xattrs.push_back(std::move(x));
     }
-    if (op.h.kind != kFdMeta && op.name.empty()) return ThrowRange(env, "a record names no entry"), env.Undefined();
-    ops.push_back(std::move(op));
+    if (op.h.kind != kFdMeta && op.name.empty()) return false;
+    ops_.push_back(std::move(op));
   }
-  return Dispatch(env, std::make_unique<ApplyOpsCall>(root, std::move(ops), std::move(data), dataArray), sync);
+  return true;
 }
 
 class OpenBeneathCall : public Call {
@@ -411,13 +426,13 @@ Napi::Value OpenBeneathExport(const Napi::CallbackInfo& info, bool sync) {
   return Dispatch(env, std::make_unique<OpenBeneathCall>(root, std::move(path), static_cast<int>(flags)), sync);
 }
 
-// readFiles(rootFd, items: [dir, name][], maxEach) -> Array<Buffer | { errno, syscall } | { size }>: whole
+// readFiles(rootFd, items: [dir, name][], maxEach) -> { data: Buffer, spans: Float64Array, extra }: whole
 // small files below the root in one trip (each opened O_NOFOLLOW from its directory, reached beneath the
 // root); a file over `maxEach` bytes comes back as { size } for the caller to stream.
 struct FileRead {
   int err = 0;
   const char* syscall = "";
-  char* data = nullptr;
+  size_t offset = 0;  // in the batch's buffer
   size_t len = 0;
   bool too_big = false;
   uint64_t size = 0;
@@ -427,9 +442,6 @@ class ReadFilesCall : public Call {
  public:
   ReadFilesCall(int root, std::vector<std::pair<std::string, std::string>> items, uint64_t max)
       : root_(root), items_(std::move(items)), max_(max) {}
-  ~ReadFilesCall() override {
-    for (FileRead& r : out_) delete[] r.data;  // those not handed to JavaScript
-  }
 
   bool Run() override {
     out_.resize(items_.size());
@@ -472,10 +484,12 @@ class ReadFilesCall : public Call {
         continue;
       }
       // Read to the end, not to the size stat gave: a file that grew or shrank is read as it now is, up to max.
+      // Straight into the batch's one buffer, on this pool thread.
+      r.offset = blob_.size();
       size_t cap = static_cast<size_t>(r.size) + 1;
-      r.data = new char[cap];
+      blob_.resize(r.offset + cap);
       for (;;) {
-        ssize_t n = read(fd.get(), r.data + r.len, cap - r.len);
+        ssize_t n = read(fd.get(), &blob_[r.offset + r.len], cap - r.len);
         if (n < 0) {
           if (errno == EINTR) continue;
           r.err = errno;
@@ -489,36 +503,48 @@ class ReadFilesCall : public Call {
             r.too_big = true;
             break;
           }
-          char* bigger = new char[cap * 2];
-          std::memcpy(bigger, r.data, r.len);
-          delete[] r.data;
-          r.data = bigger;
           cap *= 2;
+          blob_.resize(r.offset + cap);
         }
       }
+      blob_.resize(r.err != 0 || r.too_big ? r.offset : r.offset + r.len);
+      if (r.err != 0 || r.too_big) r.len = 0;
     }
     return true;
   }
 
+  // One Buffer for the whole batch (a Buffer per file costs more to make than most small files take to
+  // read): { data, files: Array<[offset, length] | { errno, syscall } | { size }> }.
   Napi::Value Resolve(Napi::Env env) override {
-    Napi::Array out = Napi::Array::New(env, out_.size());
+    // The buffer itself is handed over (no copy): it is freed with the Buffer.
+    Napi::Buffer<char> data = Napi::Buffer<char>::New(env, 0);
+    if (!blob_.empty()) {
+      auto* blob = new std::string(std::move(blob_));
+      data = Napi::Buffer<char>::New(env, &(*blob)[0], blob->size(), [](Napi::Env, char*, std::string* b) { delete b; }, blob);
+    }
+    // Each file's [offset, length] in `spans` (length -1: see `extra`, a sparse array of { errno, syscall }
+    // or { size }): two N-API objects a batch rather than three an entry.
+    Napi::Float64Array spans = Napi::Float64Array::New(env, out_.size() * 2);
+    Napi::Array extra = Napi::Array::New(env);
     for (size_t i = 0; i < out_.size(); i++) {
       FileRead& r = out_[i];
+      spans.Data()[2 * i] = static_cast<double>(r.offset);
+      spans.Data()[2 * i + 1] = r.err != 0 || r.too_big ? -1 : static_cast<double>(r.len);
       if (r.err != 0) {
         Napi::Object o = Napi::Object::New(env);
         o.Set("errno", Napi::Number::New(env, r.err));
         o.Set("syscall", Napi::String::New(env, r.syscall));
-        out.Set(i, o);
+        extra.Set(static_cast<uint32_t>(i), o);
       } else if (r.too_big) {
         Napi::Object o = Napi::Object::New(env);
         o.Set("size", Napi::Number::New(env, static_cast<double>(r.size)));
-        out.Set(i, o);
-      } else {
-        char* data = r.data;
-        r.data = nullptr;
-        out.Set(i, Napi::Buffer<char>::New(env, data, r.len, [](Napi::Env, char* p) { delete[] p; }));
+        extra.Set(static_cast<uint32_t>(i), o);
       }
     }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("data", data);
+    out.Set("spans", spans);
+    out.Set("extra", extra);
     return out;
   }
 
@@ -527,6 +553,7 @@ class ReadFilesCall : public Call {
   std::vector<std::pair<std::string, std::string>> items_;
   uint64_t max_;
   std::vector<FileRead> out_;
+  std::string blob_;
 };
 
 Napi::Value ReadFiles(const Napi::CallbackInfo& info, bool sync) {

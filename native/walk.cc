@@ -305,7 +305,8 @@ struct DirFacts {
 
 class ScanDirsCall : public Call {
  public:
-  ScanDirsCall(std::vector<Place> dirs, std::string prefix) : dirs_(std::move(dirs)), prefix_(std::move(prefix)) {}
+  ScanDirsCall(std::vector<Place> dirs, std::string prefix, bool packed = false)
+      : dirs_(std::move(dirs)), prefix_(std::move(prefix)), packed_(packed) {}
 
   bool Run() override {
     out_.resize(dirs_.size());
@@ -314,6 +315,7 @@ class ScanDirsCall : public Call {
   }
 
   Napi::Value Resolve(Napi::Env env) override {
+    if (packed_) return Packed(env);
     Napi::Array out = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); i++) {
       const DirFacts& d = out_[i];
@@ -332,6 +334,59 @@ class ScanDirsCall : public Call {
   }
 
  private:
+  // scanDirsPacked's form: per directory { names, facts, extra } or { errno, syscall }. `names` is every
+  // entry's name joined by "/" (no name holds one), `facts` a Float64Array of kPackedFields numbers an entry,
+  // `extra` a sparse array with { xattrs, linkTarget, errno, ... } only for entries that have any. Objects
+  // made with N-API cost about a microsecond a property: this makes two a directory instead of ~15 an entry.
+  static constexpr size_t kPackedFields = 11;
+  Napi::Value Packed(Napi::Env env) {
+    Napi::Array out = Napi::Array::New(env, out_.size());
+    for (size_t i = 0; i < out_.size(); i++) {
+      const DirFacts& d = out_[i];
+      Napi::Object o = Napi::Object::New(env);
+      if (d.err != 0) {
+        o.Set("errno", Napi::Number::New(env, d.err));
+        o.Set("syscall", Napi::String::New(env, d.syscall));
+        out.Set(i, o);
+        continue;
+      }
+      std::string names;
+      for (size_t k = 0; k < d.entries.size(); k++) {
+        if (k > 0) names += '/';
+        names += d.entries[k].name;
+      }
+      Napi::Float64Array facts = Napi::Float64Array::New(env, d.entries.size() * kPackedFields);
+      Napi::Array extra = Napi::Array::New(env);
+      for (size_t k = 0; k < d.entries.size(); k++) {
+        const EntryFacts& f = d.entries[k];
+        double* v = facts.Data() + k * kPackedFields;
+        v[0] = f.mode;
+        v[1] = static_cast<double>(f.size);
+        v[2] = f.uid;
+        v[3] = f.gid;
+        v[4] = f.nlink;
+        v[5] = static_cast<double>(f.mtime_sec);
+        v[6] = f.mtime_nsec;
+        v[7] = f.rdev_major;
+        v[8] = f.rdev_minor;
+        v[9] = static_cast<double>(f.ino >> 32);
+        v[10] = static_cast<double>(f.ino & 0xffffffffu);
+        if (f.err != 0 || f.has_link || !f.xattrs.empty() || f.xattr_err != 0) {
+          Napi::Object e = EntryToObject(env, f, false);
+          if (f.err == 0) {  // the numbers are in `facts`: keep only what is not
+            for (const char* k2 : {"mode", "size", "ino", "uid", "gid", "nlink", "mtimeSec", "mtimeNsec", "rdevMajor", "rdevMinor"}) e.Delete(k2);
+          }
+          extra.Set(static_cast<uint32_t>(k), e);
+        }
+      }
+      o.Set("names", Latin1(env, names));
+      o.Set("facts", facts);
+      o.Set("extra", extra);
+      out.Set(i, o);
+    }
+    return out;
+  }
+
   void Scan(const Place& place, DirFacts* out) {
     // O_NOFOLLOW and RESOLVE_NO_SYMLINKS: a layer directory that is (or went through) a symlink is not a
     // directory overlay would merge, and is never followed out of the layer.
@@ -379,6 +434,7 @@ class ScanDirsCall : public Call {
 
   std::vector<Place> dirs_;
   std::string prefix_;
+  bool packed_;
   std::vector<DirFacts> out_;
 };
 
@@ -392,11 +448,21 @@ Napi::Value ScanDirs(const Napi::CallbackInfo& info, bool sync) {
   return Dispatch(info.Env(), std::make_unique<ScanDirsCall>(std::move(dirs), std::move(prefix)), sync);
 }
 
+// scanDirsPacked(dirs, prefix): what scanDirs reads, in the packed form above (for walks of many entries).
+Napi::Value ScanDirsPacked(const Napi::CallbackInfo& info, bool sync) {
+  std::vector<Place> dirs;
+  std::string prefix;
+  if (!ReadPlaces(info, 0, "dirs", false, &dirs) || !ReadString(info, 1, "prefix", &prefix))
+    return info.Env().Undefined();
+  return Dispatch(info.Env(), std::make_unique<ScanDirsCall>(std::move(dirs), std::move(prefix), true), sync);
+}
+
 }  // namespace
 
 void RegisterWalk(Napi::Env env, Napi::Object exports) {
   ExportBoth<LstatXattrs>(env, exports, "lstatXattrs");
   ExportBoth<ScanDirs>(env, exports, "scanDirs");
+  ExportBoth<ScanDirsPacked>(env, exports, "scanDirsPacked");
 }
 
 }  // namespace ovl

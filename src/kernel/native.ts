@@ -164,10 +164,81 @@ export type NativeDirScan =
   | { entries: Array<NativeEntry & { name: string }>; errno?: undefined }
   | { errno: number; syscall: string; entries?: undefined };
 
+/** scanDirsPacked's form of one directory: see unpackScan(). */
+export type PackedDirScan =
+  | { names: string; facts: Float64Array; extra: Array<PackedExtra | undefined>; errno?: undefined }
+  | { errno: number; syscall: string; names?: undefined };
+
+/** What an entry has beyond its numbers: only entries with any of it are in `extra`. */
+export interface PackedExtra {
+  errno?: number;
+  syscall?: string;
+  xattrs?: Record<string, Buffer>;
+  linkTarget?: string;
+  xattrErrno?: number;
+  xattrSyscall?: string;
+}
+
+const PACKED_FIELDS = 11;
+
+/**
+ * A packed directory scan as scanDirs gives it: the addon sends names joined by "/" and the numbers of every
+ * entry in one Float64Array (N-API objects cost about a microsecond a property), JavaScript makes the objects.
+ */
+export function unpackScan(d: PackedDirScan): NativeDirScan {
+  if (d.errno !== undefined) return d;
+  const entries: Array<NativeEntry & { name: string }> = [];
+  if (d.names.length === 0 && d.facts.length === 0) return { entries };
+  const names = d.names.split("/");
+  const f = d.facts;
+  for (let k = 0; k < names.length; k++) {
+    const x = d.extra[k];
+    if (x?.errno !== undefined) {
+      entries.push({ name: names[k]!, errno: x.errno, syscall: x.syscall! });
+      continue;
+    }
+    const v = k * PACKED_FIELDS;
+    const mode = f[v]!;
+    const e: NativeEntry & { name: string } = {
+      name: names[k]!,
+      mode,
+      size: f[v + 1]!,
+      ino: (BigInt(f[v + 9]!) << 32n) | BigInt(f[v + 10]!),
+      uid: f[v + 2]!,
+      gid: f[v + 3]!,
+      nlink: f[v + 4]!,
+      mtimeSec: f[v + 5]!,
+      mtimeNsec: f[v + 6]!,
+      xattrs: x?.xattrs ?? {},
+    };
+    const type = mode & 0o170000;
+    if (type === 0o020000 || type === 0o060000) {
+      e.rdevMajor = f[v + 7]!;
+      e.rdevMinor = f[v + 8]!;
+    }
+    if (x?.linkTarget !== undefined) e.linkTarget = x.linkTarget;
+    if (x?.xattrErrno !== undefined) {
+      e.xattrErrno = x.xattrErrno;
+      e.xattrSyscall = x.xattrSyscall!;
+    }
+    entries.push(e);
+  }
+  return { entries };
+}
+
 /** A directory below a layer's root fd: `dir` is "" for the root, else "a/b" (no leading slash). */
 export type LayerDir = [rootFd: number, dir: PathArg];
 /** A name in such a directory. */
 export type LayerName = [rootFd: number, dir: PathArg, name: PathArg];
+
+/** readFiles(): the bytes of every file read, one after another, and where each one's are (or why not). */
+export interface ReadFilesResult {
+  data: Buffer;
+  /** Each file's offset and length in `data`; length -1 when `extra` says why not. */
+  spans: Float64Array;
+  /** Sparse: a failure, or `{ size }` for a file over `maxEach` bytes (to be streamed). */
+  extra: Array<{ errno: number; syscall: string } | { size: number; errno?: undefined } | undefined>;
+}
 
 /** The calls that have a `*Sync` twin, each as (arguments) => result. */
 export interface NativeCalls {
@@ -218,6 +289,8 @@ export interface NativeCalls {
   lstatXattrs(items: LayerName[], prefix: string): NativeEntry[];
   /** Every entry of each directory below a layer root, with lstat facts and xattrs named `prefix*`. */
   scanDirs(dirs: LayerDir[], prefix: string): NativeDirScan[];
+  /** scanDirs in a packed form, for walks of many entries: unpackScan() turns each into scanDirs's. */
+  scanDirsPacked(dirs: LayerDir[], prefix: string): PackedDirScan[];
   /**
    * Runs the records in `ops` (src/layers/tree-ops.ts encodes them; native/tree.cc runs them) beneath the
    * directory `rootFd` holds: every parent opened with openat2 RESOLVE_BENEATH|NO_SYMLINKS|NO_XDEV, every entry
@@ -231,7 +304,7 @@ export interface NativeCalls {
    * Each regular file [dir, name] below `rootFd` read whole (opened O_NOFOLLOW from its directory, reached
    * beneath the root): its bytes, a failure, or `{ size }` when it is over `maxEach` bytes (to be streamed).
    */
-  readFiles(rootFd: number, items: [dir: PathArg, name: PathArg][], maxEach: number): Array<Buffer | { errno: number; syscall: string } | { size: number; errno?: undefined }>;
+  readFiles(rootFd: number, items: [dir: PathArg, name: PathArg][], maxEach: number): ReadFilesResult;
 }
 
 type Async<T> = { [K in keyof T]: T[K] extends (...a: infer A) => infer R ? (...a: A) => Promise<R> : never };

@@ -12,7 +12,7 @@ import { promisify } from "node:util";
 import type { Writable } from "node:stream";
 import { checkPathLike, decodeBytes, nativePath, type PathLike } from "../kernel/bytes.js";
 import { OverlayError, fromNative, invalidArgType } from "../kernel/errors.js";
-import { native, type NativeFailure } from "../kernel/native.js";
+import { native, type NativeFailure, type ReadFilesResult } from "../kernel/native.js";
 import { keepsUserXattrs, mountedLayers } from "./diff.js";
 import { LowerLayers, type LowerDir } from "./which.js";
 import {
@@ -63,6 +63,41 @@ interface Source {
   path: string;
 }
 
+/** Entries planned so far: the walk appends, the writer follows behind and waits for more. */
+class ItemQueue {
+  private readonly list: Item[] = [];
+  private done = false;
+  private failed: unknown;
+  private waiter: (() => void) | undefined;
+
+  get length(): number {
+    return this.list.length;
+  }
+  at(i: number): Item {
+    return this.list[i]!;
+  }
+  push(it: Item): void {
+    this.list.push(it);
+    if (this.waiter && this.list.length % 256 === 0) this.wake();
+  }
+  finish(err?: unknown): void {
+    if (this.done) return;
+    this.done = true;
+    this.failed = err;
+    this.wake();
+  }
+  /** Resolves once more than `n` items are planned, or the plan is complete; a failed plan throws. */
+  async waitFor(n: number): Promise<void> {
+    while (this.list.length <= n && !this.done) await new Promise<void>((r) => (this.waiter = r));
+    if (this.failed !== undefined && this.list.length <= n) throw this.failed;
+  }
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+}
+
 /** One entry of the layer to write, in order. */
 interface Item {
   tar: TarWriteEntry;
@@ -106,7 +141,7 @@ export function exportLayer(upper: PathLike, options: ExportLayerOptions = {}): 
       })();
       const out = options.gzip ? gzipChunks(tar) : tar;
       for await (const c of out) {
-        outHash.update(c);
+        if (options.gzip) outHash.update(c); // plain: the digest is the diff id, hashed once
         size += c.length;
         yield c;
       }
@@ -156,10 +191,22 @@ async function* tarChunks(upper: string, lower: string[], options: ExportLayerOp
     // Every xattr is read (prefix ""): overlay's say what an entry is, the others go into the layer.
     const reader = new LayerReader(prefix, roots, "");
     const lowers = new LowerLayers(reader, layers.lower.map((_, i) => i + 1));
-    const items = await planUpper(reader, lowers, prefix);
-    const writer = new TarWriter();
-    yield* writeItems(items, roots.map((r) => r.fd), writer, count);
-    yield writer.end();
+    // The walk plans every entry first (measured: overlapping it with the writing was slower, the two then
+    // compete for the main thread and the pool), then the writer reads file contents ahead as it goes.
+    const items = new ItemQueue();
+    const planning = planUpper(reader, lowers, prefix, items).then(
+      () => items.finish(),
+      (e: unknown) => items.finish(e),
+    );
+    try {
+      await planning;
+      const writer = new TarWriter();
+      yield* writeItems(items, roots.map((r) => r.fd), writer, count);
+      yield writer.end();
+    } finally {
+      items.finish(new Error("export stopped"));
+      await planning;
+    }
   } finally {
     closeLayerRoots(roots);
   }
@@ -190,8 +237,7 @@ function header(name: string, e: LayerEntry, prefix: string): TarWriteEntry {
 const marker = (name: string, mtimeSec: number): TarWriteEntry => ({ name, type: "file", mode: 0, uid: 0, gid: 0, size: 0, mtime: { sec: mtimeSec, nsec: 0 } });
 
 /** The entries of the layer, in the order written: a depth-first walk of the upper, names in byte order. */
-async function planUpper(reader: LayerReader, lowers: LowerLayers, prefix: string): Promise<Item[]> {
-  const items: Item[] = [];
+async function planUpper(reader: LayerReader, lowers: LowerLayers, prefix: string, items: ItemQueue): Promise<void> {
   const links = new Map<string, string>(); // upper inode -> the first name written for it
 
   const file = async (name: string, e: LayerEntry, at: Loc, parentStack: LowerDir[], lookupName: string) => {
@@ -310,84 +356,113 @@ async function planUpper(reader: LayerReader, lowers: LowerLayers, prefix: strin
     for (const o of out) await o.emit();
   };
 
+  // The upper is read level by level first, many directories a trip (the walk below then finds them read).
+  for (let level: Loc[] = [{ root: 0, path: "" }]; level.length > 0; ) {
+    await reader.scan(level);
+    level = level.flatMap((d) => [...reader.entries(d)].filter(([, e]) => e.type === "directory").map(([n]) => ({ root: 0, path: `${d.path}/${n}` })));
+  }
   await visit("", { root: 0, path: "" }, lowers.roots(), false);
-  return items;
+}
+
+/** Output pieces are gathered into chunks of about this size: one write for many small entries. */
+const OUT_CHUNK = 1024 * 1024;
+
+/** Gathers small pieces (headers, small bodies, padding) into big chunks; large bodies pass through. */
+class Gather {
+  private parts: Buffer[] = [];
+  private bytes = 0;
+  add(b: Buffer): Buffer | undefined {
+    this.parts.push(b);
+    this.bytes += b.length;
+    return this.bytes >= OUT_CHUNK ? this.take() : undefined;
+  }
+  take(): Buffer | undefined {
+    if (this.bytes === 0) return undefined;
+    const out = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.bytes);
+    this.parts = [];
+    this.bytes = 0;
+    return out;
+  }
 }
 
 /** Writes the items, file contents read ahead in batches (many small files a trip) while earlier ones go out. */
-async function* writeItems(items: Item[], fds: number[], writer: TarWriter, count: () => void): AsyncGenerator<Buffer> {
-  // Batches of small files, in order; each fetched one batch ahead of the one being written.
-  type Batch = { start: number; end: number; data: Promise<Array<Buffer | { errno: number; syscall: string } | { size: number; errno?: undefined }>> };
-  let next = 0;
-  const fetchFrom = (start: number): Batch | undefined => {
+async function* writeItems(items: ItemQueue, fds: number[], writer: TarWriter, count: () => void): AsyncGenerator<Buffer> {
+  type Read = { data: Buffer; spans: Float64Array; extra: ReadFilesResult["extra"]; at: number };
+  type Batch = { start: number; end: number; reads: Promise<Array<Read | undefined>> };
+  const fetchFrom = async (start: number): Promise<Batch | undefined> => {
+    await items.waitFor(start);
+    if (start >= items.length) return undefined;
     let i = start;
     const want: number[] = [];
     let bytes = 0;
     for (; i < items.length && want.length < READ_BATCH_FILES && bytes < READ_BATCH_BYTES; i++) {
-      const it = items[i]!;
+      const it = items.at(i);
       if (it.from && it.tar.size > 0 && it.tar.size <= SMALL_FILE) {
         want.push(i);
         bytes += it.tar.size;
       }
     }
-    if (i === start) return undefined;
     // One trip per layer root that the batch reads from.
     const byRoot = new Map<number, number[]>();
     for (const k of want) {
-      const r = items[k]!.from!.root;
+      const r = items.at(k).from!.root;
       (byRoot.get(r) ?? byRoot.set(r, []).get(r)!).push(k);
     }
-    const data = (async () => {
-      const out: Array<Buffer | { errno: number; syscall: string } | { size: number; errno?: undefined }> = [];
+    const reads = (async () => {
+      const out: Array<Read | undefined> = [];
       await Promise.all(
         [...byRoot].map(async ([root, ks]) => {
           const got = await native().readFiles(
             fds[root]!,
             ks.map((k) => {
-              const p = items[k]!.from!.path;
+              const p = items.at(k).from!.path;
               const slash = p.lastIndexOf("/");
               return [nativePath(p.slice(1, Math.max(slash, 0))), nativePath(p.slice(slash + 1))];
             }),
             SMALL_FILE,
           );
-          ks.forEach((k, j) => (out[k - start] = got[j]!));
+          ks.forEach((k, j) => (out[k - start] = { data: got.data, spans: got.spans, extra: got.extra, at: j }));
         }),
       );
       return out;
     })();
-    data.catch(() => undefined);
-    next = i;
-    return { start, end: i, data };
+    reads.catch(() => undefined);
+    return { start, end: i, reads };
   };
-  let current = fetchFrom(0);
-  let ahead = current ? fetchFrom(next) : undefined;
+  const out = new Gather();
+  let current = await fetchFrom(0);
+  let ahead = current ? fetchFrom(current.end) : undefined;
   while (current) {
-    const data = await current.data;
+    const reads = await current.reads;
     for (let i = current.start; i < current.end; i++) {
-      const it = items[i]!;
+      const it = items.at(i);
       count();
-      if (!it.from || it.tar.size === 0) {
-        yield writer.header(it.tar);
-        continue;
-      }
-      const got = data[i - current.start];
-      if (got instanceof Buffer) {
-        if (got.length !== it.tar.size) throw changed(it.tar.name);
-        yield writer.header(it.tar);
-        yield got;
-        yield writer.padding(got.length);
-      } else if (got === undefined || (got as { size?: number }).size !== undefined) {
-        yield writer.header(it.tar);
+      let ready = out.add(writer.header(it.tar));
+      if (ready) yield ready;
+      if (!it.from || it.tar.size === 0) continue;
+      const r = reads[i - current.start];
+      const length = r ? r.spans[2 * r.at + 1]! : -1;
+      const extra = r?.extra[r.at];
+      if (r && length >= 0) {
+        if (length !== it.tar.size) throw changed(it.tar.name);
+        const offset = r.spans[2 * r.at]!;
+        ready = out.add(r.data.subarray(offset, offset + length));
+        if (ready) yield ready;
+      } else if (!r || extra?.errno === undefined) {
+        const pending = out.take();
+        if (pending) yield pending;
         yield* streamFile(fds[it.from.root]!, it.from.path, it.tar.size, it.tar.name);
-        yield writer.padding(it.tar.size);
       } else {
-        const f = got as { errno: number; syscall: string };
-        throw fromNative({ errno: f.errno, syscall: f.syscall, messages: [] } as NativeFailure, { what: `reading '${printableName(it.tar.name)}'` });
+        throw fromNative({ errno: extra.errno, syscall: extra.syscall, messages: [] } as NativeFailure, { what: `reading '${printableName(it.tar.name)}'` });
       }
+      ready = out.add(writer.padding(it.tar.size));
+      if (ready) yield ready;
     }
-    current = ahead;
-    ahead = current ? fetchFrom(next) : undefined;
+    current = await ahead;
+    ahead = current ? fetchFrom(current.end) : undefined;
   }
+  const rest = out.take();
+  if (rest) yield rest;
 }
 
 function changed(name: string): OverlayError {

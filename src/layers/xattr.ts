@@ -9,7 +9,7 @@ import { constants } from "node:os";
 import { inUserNamespace } from "../kernel/userns.js";
 import { decodeBytes, nativePath } from "../kernel/bytes.js";
 import { OverlayError, describeErrno, fromNative } from "../kernel/errors.js";
-import { native, type NativeEntry, type NativeFailure } from "../kernel/native.js";
+import { native, unpackScan, type NativeEntry, type NativeFailure } from "../kernel/native.js";
 
 /** Where overlay keeps its xattrs: `trusted.overlay.`, or `user.overlay.` on mounts with `userxattr`. */
 export type OverlayXattrPrefix = "trusted.overlay." | "user.overlay.";
@@ -206,7 +206,7 @@ export class LayerReader {
     for (let i = 0; i < wanted.length; i += SCAN_BATCH) batches.push(wanted.slice(i, i + SCAN_BATCH));
     await Promise.all(
       batches.map(async (batch) => {
-        const results = await native().scanDirs(batch.map((d) => this.dirArg(d)), this.scanPrefix);
+        const results = (await native().scanDirsPacked(batch.map((d) => this.dirArg(d)), this.scanPrefix)).map(unpackScan);
         results.forEach((r, i) => {
           const dir = batch[i]!;
           if (r.errno !== undefined) throw this.walkError(r, dir, "reading a layer directory");
