@@ -10,4 +10,4 @@ const { buildProgram } = await import(join(root, "dist", "cli.js"));
 const { manPage } = await import(join(root, "dist", "cli", "docs.js"));
 const { version } = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
 mkdirSync(join(root, "man"), { recursive: true });
-writeFileSync(join(root, "man", "ovl.1"), manPage(buildProgram(), version));
+writeFileSync(join(root, "man", "ovl.1"), manPage(await buildProgram(), version));

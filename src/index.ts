@@ -20,6 +20,14 @@ export { watch, type MountEvent, type MountWatch, type WatchOptions } from "./ta
 export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
 export type { MountSpec, MountStrategy } from "./mounting/validate.js";
 export { diff, type Change, type DiffLayers, type DiffOptions } from "./layers/diff.js";
+export { applyLayer, entryPath, LayerError, type ApplyLayerOptions, type ApplyLayerResult, type ApplyProgress, type LayerSource } from "./layers/apply.js";
+export { exportLayer, exportLayerTo, type ExportLayerOptions, type ExportResult, type LayerExport } from "./layers/export.js";
+export { TarError } from "./layers/tar.js";
+export { sandbox, type Sandbox, type SandboxOptions } from "./sandbox/sandbox.js";
+export { importImage, imageLayers, removeImage, getImage, type ImageRecord, type ImportOptions, type ImportProgress, type ImportResult } from "./images/images.js";
+export { ImageError } from "./images/source.js";
+export { defaultStoreRoot } from "./images/location.js";
+export { openStore, Store, StoreError, MAX_LAYERS, type SnapshotInfo, type SnapshotKind, type SnapshotMounts, type Usage } from "./store/index.js";
 export { which, type LayerKind, type LayerRef, type WhichOptions, type WhichResult } from "./layers/which.js";
 export {
   stack,

@@ -72,7 +72,7 @@ describe("help, completion and the man page", () => {
       const generate = `
         const { buildProgram } = await import(${JSON.stringify(join(root, "dist", "cli.js"))});
         const { manPage } = await import(${JSON.stringify(join(root, "dist", "cli", "docs.js"))});
-        process.stdout.write(manPage(buildProgram(), ${JSON.stringify(JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version)}));`;
+        process.stdout.write(manPage(await buildProgram(), ${JSON.stringify(JSON.parse(readFileSync(join(root, "package.json"), "utf8")).version)}));`;
       const fresh = execFileSync(process.execPath, ["--input-type=module", "-e", generate], { encoding: "utf8" });
       expect(fresh).toBe(committed);
       const rendered = spawnSync("man", ["-l", join(root, "man", "ovl.1")], { encoding: "utf8", env: { ...process.env, MANPAGER: "cat", MANWIDTH: "100" } });

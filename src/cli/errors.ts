@@ -35,7 +35,7 @@ export type ErrorLike = Error & { code?: string; path?: string; hint?: string; s
 const usageCodes = new Set(["EPERM", "EACCES"]);
 
 /** Commands whose failure is a failed mount or unmount (util-linux's 32); for the others it is a lookup (1). */
-const MOUNTING = new Set(["mount", "umount", "run", "demo"]);
+const MOUNTING = new Set(["mount", "umount", "run", "demo", "image mount"]);
 
 /**
  * The exit code for an error, util-linux's rule for every command: 1 for usage, permission, or a lookup

@@ -44,6 +44,11 @@ export interface RunSpec extends Omit<MountSpec, "target" | "refuseInUse" | "str
   tmp?: boolean;
   /** With `tmp`: the size of the scratch tmpfs, as tmpfs' `size=` takes it (`64m`, `2g`, `10%`). */
   tmpfsSize?: string;
+  /**
+   * Run the command with the merged tree as its root directory (an image's root filesystem): chrooted into
+   * it with this environment and working directory, with /proc and /dev mounted there if it has them.
+   */
+  rootfs?: { env: string[]; workingDir: string };
 }
 
 /** tmpfs' `size=`: bytes with an optional k/m/g/t/p/e suffix, or a percentage of RAM. */
@@ -292,6 +297,25 @@ const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
  * (execvp(3) would give up with EACCES); a file found there but not executable is run anyway (failing
  * with EACCES, 126) when no other is found; nothing found is a CommandNotStartedError ENOENT (127).
  */
+/** /proc and /dev inside an image's root, where it has the directories for them (this namespace's only). */
+function mountInRootfs(root: string): void {
+  const isDir = (p: string) => {
+    try {
+      return lstatSync(p).isDirectory();
+    } catch {
+      return false;
+    }
+  };
+  if (isDir(join(root, "proc"))) {
+    try {
+      mountPseudoFs("proc", join(root, "proc"), {}, MOUNT_ATTR.NOSUID | MOUNT_ATTR.NODEV | MOUNT_ATTR.NOEXEC);
+    } catch {
+      // a rootless run where the kernel refuses a new proc: the image runs without one
+    }
+  }
+  if (isDir(join(root, "dev"))) spawnSync("mount", ["--rbind", "/dev", join(root, "dev")], { stdio: "ignore" });
+}
+
 export function findProgram(name: string, cwd: string, path: string | undefined): string {
   if (name.includes("/")) return resolve(cwd, name);
   let notExecutable: string | undefined;
@@ -367,11 +391,27 @@ export async function runInOverlay(spec: RunSpec, command: string[]): Promise<nu
   // (one turn, through its poll phase) before starting anything.
   await new Promise<void>((resolveTurn) => setImmediate(() => setImmediate(resolveTurn)));
 
-  const env = { ...process.env };
+  const env: NodeJS.ProcessEnv = { ...process.env };
   for (const name of OWN_ENV) delete env[name];
-  const program = findProgram(command[0]!, target, env.PATH);
+  let program: string;
+  let args: string[];
+  let cwd = target;
+  let spawnEnv = env;
+  if (spec.rootfs) {
+    // An image's own programs, in its own root: /proc of this pid namespace and the host's /dev in it,
+    // inside this private mount namespace (gone with it), then unshare(1) --root/--wd as chroot + chdir.
+    mountInRootfs(target);
+    spawnEnv = Object.fromEntries(spec.rootfs.env.map((e) => (e.includes("=") ? [e.slice(0, e.indexOf("=")), e.slice(e.indexOf("=") + 1)] : [e, ""])));
+    spawnEnv.PATH ??= DEFAULT_PATH;
+    program = "unshare";
+    args = ["--root", target, "--wd", spec.rootfs.workingDir, "--", ...command];
+    cwd = "/";
+  } else {
+    program = findProgram(command[0]!, target, env.PATH);
+    args = command.slice(1);
+  }
   return await new Promise<number>((resolvePromise, reject) => {
-    child = spawn(program, command.slice(1), { cwd: target, stdio: "inherit", env, argv0: command[0]! });
+    child = spawn(program, args, { cwd, stdio: "inherit", env: spawnEnv, ...(spec.rootfs ? {} : { argv0: command[0]! }) });
     child.on("error", (err: NodeJS.ErrnoException) => {
       const code = err.code;
       reject(code === "ENOENT" || code === "EACCES" ? new CommandNotStartedError(command[0]!, code) : err);

@@ -88,8 +88,25 @@ export async function readMountTable(pid?: number): Promise<string> {
   return decodeBytes(await readMountTableBytes(pid));
 }
 
+let prefetched: Promise<string> | undefined;
+
+/**
+ * Starts reading this process's mount table now, for the next readMountTableBytes() to take: a command line
+ * that will list mounts lets the kernel write the table (tens of ms with thousands of mounts) on the thread
+ * pool while its own code loads. Taken once; a failure is the reader's, as if read then.
+ */
+export function prefetchMountTable(): void {
+  prefetched = readMountTableBytes();
+  prefetched.catch(() => undefined);
+}
+
 /** The mount table as a byte string (one character per byte: every byte the kernel printed). */
 export async function readMountTableBytes(pid?: number): Promise<string> {
+  if (pid === undefined && prefetched) {
+    const p = prefetched;
+    prefetched = undefined;
+    return p;
+  }
   const file = pid === undefined ? "/proc/self/mountinfo" : `/proc/${pid}/mountinfo`;
   let addon: NativeAddon;
   try {
