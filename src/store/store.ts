@@ -120,9 +120,18 @@ export interface Store {
   mounts(key: string): Promise<SnapshotMounts>;
   /** The directory of a snapshot's own layer (an active one's upper): where a layer is applied before commit. */
   dir(key: string): Promise<string>;
-  /** Active `key` becomes committed `name` (labels replaced by `opts.labels`); its usage is measured now. */
+  /**
+   * Active `key` becomes committed `name` (labels replaced by `opts.labels`, as containerd does); its usage
+   * is measured now and stored. The directory stays where it is. Committing a snapshot that is still
+   * mounted is not refused (containerd leaves that to the caller too): unmount it first, or what is
+   * written after the usage walk is in the layer but not in its usage.
+   */
   commit(name: string, key: string, opts?: { labels?: Record<string, string> }): Promise<void>;
-  /** Removes a snapshot without children, and its directory. */
+  /**
+   * Removes a snapshot without children (ERR_OVL_STORE_IN_USE otherwise), then its directory. An active
+   * snapshot or view that is mounted is not refused (as in containerd): its directory is deleted under the
+   * mount. A tree with a mount point inside is not deleted; cleanup() deletes it once that is unmounted.
+   */
   remove(key: string): Promise<void>;
   stat(key: string): Promise<SnapshotInfo>;
   /** containerd's Update: labels only; `fieldpaths` `labels` (all) or `labels.<key>` (one; absent or "" deletes). */
@@ -468,12 +477,23 @@ class SnapshotStore implements Store {
     return this.ms;
   }
 
-  /** Runs an operation, its errors as StoreErrors. */
-  private async op<T>(fn: () => T | Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (e) {
-      throw storeError(e);
+  /**
+   * Runs an operation, its errors as StoreErrors. With `recheck`, an operation that found a row's directory
+   * missing (ERR_OVL_STORE_CORRUPT, or ENOENT while walking it) runs again: outside the write lock, another
+   * process may have removed the snapshot since this one read its row. remove() deletes the row (COMMIT)
+   * before it touches the directory, so a directory found missing means the deletion, if there is one, is
+   * already committed, and the second run reads the row gone (NOT_FOUND). Missing again: really damaged.
+   */
+  private async op<T>(fn: () => T | Promise<T>, recheck = false): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        const se = storeError(e);
+        const missing = errCode(e) === "ENOENT" || (se instanceof StoreError && se.code === "ERR_OVL_STORE_CORRUPT" && se.key !== undefined);
+        if (recheck && missing && attempt < 2) continue;
+        throw se;
+      }
     }
   }
 
@@ -622,7 +642,7 @@ class SnapshotStore implements Store {
     return this.op(() => {
       const k = checkKey(key, "key");
       return this.meta().read((tx) => this.mountsOf(tx, tx.mustGet(k)));
-    });
+    }, true);
   }
 
   dir(key: string): Promise<string> {
@@ -631,7 +651,7 @@ class SnapshotStore implements Store {
       const row = this.meta().read((tx) => tx.mustGet(k));
       this.mustBePresent(row);
       return this.fsOf(row.id);
-    });
+    }, true);
   }
 
   commit(name: string, key: string, opts?: { labels?: Record<string, string> }): Promise<void> {
@@ -660,7 +680,7 @@ class SnapshotStore implements Store {
           throw e;
         }
       }
-    });
+    }, true);
   }
 
   remove(key: string): Promise<void> {
@@ -765,7 +785,7 @@ class SnapshotStore implements Store {
       if (row.kind === "committed" && row.size !== null && row.inodes !== null) return { size: row.size, inodes: row.inodes };
       this.mustBePresent(row);
       return diskUsage(this.fsOf(row.id));
-    });
+    }, true);
   }
 
   cleanup(): Promise<{ removed: string[] }> {
