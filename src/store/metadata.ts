@@ -23,7 +23,18 @@
  *   left behind by a removal can never be taken for a newer snapshot's. (An insert that was rolled back
  *   does give its id out again; store.ts moves such an orphan directory aside, under the write lock.)
  */
-import Database from "better-sqlite3";
+import { createRequire } from "node:module";
+import type Database from "better-sqlite3";
+
+/**
+ * better-sqlite3, loaded on the first openStore() rather than on `import "ovl"`: the rest of ovl does not
+ * pay for (or depend on a working build of) SQLite's addon.
+ */
+let sqlite: typeof Database | undefined;
+function loadSqlite(): typeof Database {
+  sqlite ??= createRequire(import.meta.url)("better-sqlite3") as typeof Database;
+  return sqlite;
+}
 
 export type SnapshotKind = "active" | "view" | "committed";
 
@@ -429,7 +440,8 @@ export class MetaStore {
   static open(file: string, opts: MetaStoreOptions & { create: boolean }): MetaStore {
     const busy = opts.busyTimeout ?? 30_000;
     return retryBusy(() => {
-      const db = new Database(file, { fileMustExist: !opts.create, timeout: busy });
+      const Sqlite = loadSqlite();
+      const db = new Sqlite(file, { fileMustExist: !opts.create, timeout: busy });
       try {
         // journal_mode=WAL is persistent; setting it on a database already in WAL mode changes nothing.
         const mode = db.pragma("journal_mode = WAL", { simple: true });
