@@ -27,7 +27,7 @@ export { sandbox, type Sandbox, type SandboxOptions } from "./sandbox/sandbox.js
 export { importImage, imageLayers, removeImage, getImage, type ImageRecord, type ImportOptions, type ImportProgress, type ImportResult } from "./images/images.js";
 export { ImageError } from "./images/source.js";
 export { defaultStoreRoot } from "./images/location.js";
-export { openStore, Store, StoreError, MAX_LAYERS, type SnapshotInfo, type SnapshotKind, type SnapshotMounts, type Usage } from "./store/index.js";
+export { openStore, StoreError, type Store, type StoreCheck, type OpenStoreOptions, type SnapshotInfo, type SnapshotKind, type SnapshotMounts, type Usage } from "./store/index.js";
 export { which, type LayerKind, type LayerRef, type WhichOptions, type WhichResult } from "./layers/which.js";
 export {
   stack,

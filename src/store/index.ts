@@ -1,3 +1,14 @@
-/** The snapshot store (containerd's snapshot model): store.ts does the directories, metadata.ts the SQLite rows. */
-export { compileFilters, MAX_LAYERS, openStore, Store, StoreError, type ImageRecord, type SnapshotInfo, type SnapshotMounts, type Usage } from "./store.js";
-export type { SnapshotKind } from "./metadata.js";
+/** The snapshot store (containerd's snapshot model on overlay directories, metadata in SQLite). */
+export {
+  openStore,
+  StoreError,
+  type ImageRecord,
+  type OpenStoreOptions,
+  type SnapshotInfo,
+  type SnapshotKind,
+  type SnapshotMounts,
+  type Store,
+  type StoreCheck,
+  type StoreErrorCode,
+  type Usage,
+} from "./store.js";
