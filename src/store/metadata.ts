@@ -32,11 +32,20 @@ import type Database from "better-sqlite3";
  */
 let sqlite: typeof Database | undefined;
 function loadSqlite(): typeof Database {
-  sqlite ??= createRequire(import.meta.url)("better-sqlite3") as typeof Database;
+  try {
+    sqlite ??= createRequire(import.meta.url)("better-sqlite3") as typeof Database;
+  } catch (e) {
+    // An optional peer dependency: mounting, layers and the rest of ovl work without it.
+    if ((e as NodeJS.ErrnoException).code !== "MODULE_NOT_FOUND") throw e;
+    throw Object.assign(new Error("ovl's snapshot store (images, ovl image, ovl run --image) needs better-sqlite3 12.x: npm install better-sqlite3@12"), {
+      code: "ERR_OVL_STORE_SQLITE_MISSING",
+    });
+  }
   return sqlite;
 }
 
-export type SnapshotKind = "active" | "view" | "committed";
+import type { SnapshotKind } from "./store.js";
+export type { SnapshotKind };
 
 /** The kernel's limit on lower layers in one overlay (src/mounting/validate.ts has the same number). */
 export const MAX_CHAIN = 500;

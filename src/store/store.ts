@@ -50,9 +50,10 @@ import { lstat, readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { invalidArgType, invalidArgValue } from "../kernel/errors.js";
 import { parseMountInfo } from "../table/mountinfo.js";
-import { MAX_CHAIN, MetaError, MetaStore, type ImageRow, type SnapshotKind, type SnapshotRow, type Tx } from "./metadata.js";
+import { MAX_CHAIN, MetaError, MetaStore, type ImageRow, type SnapshotRow, type Tx } from "./metadata.js";
 
-export type { SnapshotKind } from "./metadata.js";
+/** containerd's kinds of snapshot. (Defined here, so that the public declarations never reach metadata.ts's, which name better-sqlite3's types.) */
+export type SnapshotKind = "active" | "view" | "committed";
 
 export interface SnapshotInfo {
   key: string;
