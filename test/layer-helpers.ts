@@ -68,14 +68,28 @@ export function buildArchive(entries: ArchiveEntry[], format: "pax" | "gnu" = "p
  * Every entry below `dir` as find(1) prints it (path, type, mode, owner, size, mtime, link target, device,
  * inode links), plus a content hash for files and all xattrs: a description independent of ovl's code.
  */
-export function describeTree(dir: string, opts: { mtimes?: boolean | "seconds"; xattrs?: boolean; root?: boolean } = {}): string[] {
+export function describeTree(dir: string, opts: DescribeOptions = {}): string[] {
+  return describeEntries(dir, opts).map(([path, rest]) => `${path} ${rest}`);
+}
+
+export interface DescribeOptions {
+  mtimes?: boolean | "seconds";
+  xattrs?: boolean;
+  root?: boolean;
+}
+
+/**
+ * describeTree() as [path, the rest of its row] pairs (the path's bytes as latin1, "" for the root), so that
+ * two trees can be compared entry by entry even when names hold spaces.
+ */
+export function describeEntries(dir: string, opts: DescribeOptions = {}): Array<[string, string]> {
   const fmt = `%P\\0%y\\0%m\\0%U:%G\\0%s\\0${opts.mtimes === false ? "" : opts.mtimes === "seconds" ? "%Ts" : "%T@"}\\0%l\\0%n\\0%i\\n`;
   const raw = execFileSync("find", [dir, ...(opts.root ? [] : ["-mindepth", "1"]), "-printf", fmt], { maxBuffer: 1 << 30 });
   const rows = raw.toString("latin1").split("\n").filter(Boolean).map((line) => line.split("\0"));
   // Inode numbers only group hard links: replace each by the first path that has it.
   const firstOfInode = new Map<string, string>();
   const xattrs = opts.xattrs === false ? new Map<string, string>() : xattrsBelow(dir);
-  const out: string[] = [];
+  const out: Array<[string, string]> = [];
   for (const [path, type, mode, owner, size, mtime, link, nlink, ino] of rows.sort((a, b) => (a[0]! < b[0]! ? -1 : a[0]! > b[0]! ? 1 : 0))) {
     const full = Buffer.from(path ? `${dir}/${path}` : dir, "latin1");
     let extra = "";
@@ -91,7 +105,7 @@ export function describeTree(dir: string, opts: { mtimes?: boolean | "seconds"; 
     }
     const x = xattrs.get(path!);
     if (x) extra += ` xattrs=${x}`;
-    out.push(`${path} ${type} ${mode} ${owner} ${type === "d" ? "-" : size} ${mtime} ${link} ${type === "d" ? "" : nlink} ${extra}`.trimEnd());
+    out.push([path!, `${type} ${mode} ${owner} ${type === "d" ? "-" : size} ${mtime} ${link} ${type === "d" ? "" : nlink} ${extra}`.trimEnd()]);
   }
   return out;
 }
