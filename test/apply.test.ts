@@ -129,6 +129,19 @@ describe("applyLayer: what an archive holds comes out as a lower layer", () => {
     expect(readlinkSync(`${layer}/e`)).toBe("d");
   });
 
+  it("directories a layer only implies take what the layers below give them (with `parents`)", async () => {
+    const below = s.path("below");
+    await applyLayer(buildArchive([{ name: "./", type: "dir", mode: 0o750, uid: 3, gid: 4, mtime: 1400000000 }, { name: "d/", type: "dir", mode: 0o700, uid: 1234, gid: 5678, mtime: 1500000000, pax: { "SCHILY.xattr.user.x": "1" } }, { name: "d/f", data: "one" }]), below);
+    const top = s.path("top");
+    await applyLayer(buildArchive([{ name: "d/f", data: "two" }, { name: "e/g", data: "new" }]), top, { parents: [below] });
+    const st = lstatSync(`${top}/d`);
+    expect([st.mode & 0o7777, st.uid, st.gid, st.mtimeMs]).toEqual([0o700, 1234, 5678, 1500000000000]);
+    expect(execFileSync("getfattr", ["-n", "user.x", "--only-values", `${top}/d`]).toString()).toBe("1");
+    const root = lstatSync(top);
+    expect([root.mode & 0o7777, root.uid, root.gid, root.mtimeMs]).toEqual([0o750, 3, 4, 1400000000000]);
+    expect(lstatSync(`${top}/e`).mode & 0o7777).toBe(0o755); // in no layer below: tar's default
+  });
+
   it("gzip and zstd layers, found from their bytes, with both digests", async () => {
     const tar = buildArchive([{ name: "a", data: "a".repeat(10000) }, { name: "b/c", data: "c" }]);
     const gz = gzipSync(tar);
@@ -186,7 +199,6 @@ describe("applyLayer: hostile archives write nothing outside the directory", () 
     ["an absolute name", [{ name: "/tmp/escaped", data: "x" }], /entry '\/tmp\/escaped': absolute names are refused/],
     ["tar-slip through a symlink the archive made", [{ name: "l", type: "symlink", linkname: ".." }, { name: "l/escaped", data: "x" }], /entry 'l\/escaped': its path goes through 'l', a symlink this layer made/],
     ["tar-slip through an absolute symlink", [{ name: "l", type: "symlink", linkname: "/" }, { name: "l/tmp/escaped", data: "x" }], /goes through 'l', a symlink/],
-    ["a whiteout through a symlink", [{ name: "l", type: "symlink", linkname: ".." }, { name: "l/.wh.outside", data: "" }], /entry 'l\/\.wh\.outside': its path goes through 'l'/],
     ["a hard link to a file outside", [{ name: "h", type: "hardlink", linkname: "../outside" }], /entry 'h': its hard link target: '\.\.' in a name is refused/],
     ["a hard link to an absolute path", [{ name: "h", type: "hardlink", linkname: "/etc/passwd" }], /entry 'h': its hard link target: absolute names/],
     ["a hard link to a name the layer never made", [{ name: "h", type: "hardlink", linkname: "etc/shadow" }], /a hard link to 'etc\/shadow', which this layer has not made/],
@@ -219,6 +231,17 @@ describe("applyLayer: hostile archives write nothing outside the directory", () 
     expect(existsSync(layer)).toBe(false);
     expect(describeTree(box)).toEqual(before);
     expect(existsSync("/tmp/escaped")).toBe(false);
+  });
+
+  it("a whiteout below a symlink (or file) the layer made hides nothing: nothing written, the link not followed", async () => {
+    const box = s.path("box");
+    mkdirSync(box);
+    writeFileSync(`${box}/outside`, "outside\n");
+    const before = describeTree(box);
+    const layer = `${box}/layer`;
+    await applyLayer(buildArchive([{ name: "l", type: "symlink", linkname: ".." }, { name: "l/.wh.outside", data: "" }, { name: "f", data: "f" }, { name: "f/.wh.x", data: "" }]), layer);
+    expect(readdirSync(layer).sort()).toEqual(["f", "l"]);
+    expect(describeTree(box).filter((r) => !r.startsWith("layer"))).toEqual(before);
   });
 
   it("a symlink replaced by a file of the same name is a new file, never a write through the link", async () => {

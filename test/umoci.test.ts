@@ -501,7 +501,8 @@ describe.runIf(run)("umoci: images umoci builds, applied by ovl; layers ovl expo
     image = readImage(layout, TAG);
     for (const [i, layer] of image.layers.entries()) {
       const dir = s.path(`ovl-layer-${i + 1}`);
-      applied.push({ dir, result: await applyLayer(layer.path, dir, { digest: layer.digest, diffId: layer.diffId }) });
+      const parents = applied.map((a) => a.dir).reverse(); // the layers below, top-most first
+      applied.push({ dir, result: await applyLayer(layer.path, dir, { digest: layer.digest, diffId: layer.diffId, parents }) });
     }
     const target = s.dirs("stack")[0]!;
     const mounted = await overlay.mount({ lower: applied.map((a) => a.dir).reverse(), target });
@@ -767,8 +768,9 @@ function umociImage(dir: string, steps: Array<(root: string) => void>): { layout
 async function applyAll(dir: string, image: Image): Promise<string[]> {
   const dirs: string[] = [];
   for (const [i, l] of image.layers.entries()) {
+    const parents = [...dirs]; // the layers below, top-most first
     dirs.unshift(`${dir}/layer-${i + 1}`);
-    await applyLayer(l.path, dirs[0]!, { digest: l.digest, diffId: l.diffId });
+    await applyLayer(l.path, dirs[0]!, { digest: l.digest, diffId: l.diffId, parents });
   }
   return dirs;
 }

@@ -51,7 +51,7 @@ export async function commitOverlay(store: ImageStore, target: string, name: str
     const id = chain[chain.length - 1]!;
     await store.prepare(key, top);
     try {
-      await applyLayer(file, await store.dir(key), { diffId: layer.diffId });
+      await applyLayer(file, await store.dir(key), { diffId: layer.diffId, parents: m.lower });
       await store.commit(id, key, { labels: { "ovl.diff-id": layer.diffId } });
     } catch (e) {
       await store.remove(key).catch(() => undefined);

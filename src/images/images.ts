@@ -102,7 +102,9 @@ export async function importImage(store: ImageStore, sourcePath: string, options
       await store.prepare(key, i === 0 ? undefined : chain[i - 1], { labels: { "ovl.import": sourcePath } });
       try {
         const dir = await store.dir(key);
-        await applyLayer(layer.path, dir, { ...(layer.digest ? { digest: layer.digest } : {}), diffId: layer.diffId, onProgress: progress });
+        const parents: string[] = [];
+        for (let k = i - 1; k >= 0; k--) parents.push(await store.dir(chain[k]!));
+        await applyLayer(layer.path, dir, { ...(layer.digest ? { digest: layer.digest } : {}), diffId: layer.diffId, parents, onProgress: progress });
         try {
           await store.commit(id, key, { labels: { "ovl.diff-id": layer.diffId } });
           applied++;

@@ -5,7 +5,7 @@
  * (native/tree.cc), so no name, symlink or hard link in the archive can reach outside it, even one that
  * passed these rules.
  */
-import { mkdirSync, rmdirSync, closeSync, write as fsWrite } from "node:fs";
+import { mkdirSync, rmdirSync, closeSync, fstatSync, write as fsWrite } from "node:fs";
 import { promisify } from "node:util";
 import { native, type NativeFailure } from "../kernel/native.js";
 import { OverlayError, fromNative, describeErrno } from "../kernel/errors.js";
@@ -32,6 +32,13 @@ export interface ApplyLayerOptions {
   userxattr?: boolean;
   /** Give entries the archive's owners (default) or leave them owned by the caller (`false`: rootless use). */
   owners?: boolean;
+  /**
+   * The layers this one goes on, top-most first (an image's layers below it). A directory the archive only
+   * implies (it has entries below it but none for it) then gets what the top-most of them gives it (mode,
+   * owner, mtime, xattrs) instead of tar's defaults, which would show through the overlay instead (umoci and
+   * containerd do the same). Without them, implied directories are 0755 root.
+   */
+  parents?: PathLike[];
   /** Called every few thousand entries or megabytes, and once at the end. */
   onProgress?: (p: ApplyProgress) => void;
 }
@@ -146,7 +153,17 @@ export async function applyLayer(source: LayerSource, dir: PathLike, options: Ap
     if (opened.listErrno !== undefined) throw fromNative({ errno: opened.listErrno, syscall: "getdents64", messages: [] }, { path: shown, what: "listing the layer directory" });
     throw new OverlayError("ENOTEMPTY", "a layer is applied into an empty directory (this one has entries)", { syscall: "applyLayer", path: shown });
   }
-  const app = new Applier(root, shown, { owners, xattrPrefix, onProgress: options.onProgress });
+  let parentFds: number[] = [];
+  if (options.parents !== undefined && options.parents.length > 0) {
+    const opened = await native().openPaths(options.parents.map((p, i) => nativePath(checkPathLike(p, `options.parents[${i}]`))));
+    parentFds = opened.paths.map((p) => p.fd).filter((fd): fd is number => fd !== undefined);
+    if (parentFds.length !== options.parents.length) {
+      for (const fd of parentFds) closeSync(fd);
+      closeSync(root);
+      throw new OverlayError("ENOENT", "a parent layer cannot be opened", { syscall: "open", path: shown });
+    }
+  }
+  const app = new Applier(root, shown, { owners, xattrPrefix, onProgress: options.onProgress, parents: parentFds });
   try {
     const layer = openLayer(source instanceof Uint8Array ? oneChunk(source) : source);
     for await (const item of readTar(layer.chunks, { inlineLimit: INLINE_LIMIT })) {
@@ -173,6 +190,7 @@ export async function applyLayer(source: LayerSource, dir: PathLike, options: Ap
     }
     throw e;
   } finally {
+    for (const fd of parentFds) closeSync(fd);
     try {
       closeSync(root);
     } catch {
@@ -198,7 +216,7 @@ class Applier {
   constructor(
     private readonly root: number,
     private readonly shown: string,
-    private readonly opts: { owners: boolean; xattrPrefix: string; onProgress?: ((p: ApplyProgress) => void) | undefined },
+    private readonly opts: { owners: boolean; xattrPrefix: string; onProgress?: ((p: ApplyProgress) => void) | undefined; parents: number[] },
   ) {}
 
   async entry(item: TarItem): Promise<void> {
@@ -307,10 +325,34 @@ class Applier {
       }
       this.add({ kind: OpKind.Dir, parent, name }, entry);
       this.made.set(path, "dir");
-      this.dirs.set(path, { mode: 0o755, uid: 0, gid: 0, mtimeSec: 0, mtimeNsec: 0, xattrs: [], opaque: m === "whiteout" });
-      // An implicit directory gets no mtime from the archive: leave the kernel's.
-      this.dirs.get(path)!.mtimeSec = Number.NaN;
+      // An implied directory: what the layers below give it, else tar's defaults (and the kernel's mtime).
+      this.dirs.set(path, { ...(this.fromParents(path) ?? { mode: 0o755, uid: 0, gid: 0, mtimeSec: Number.NaN, mtimeNsec: 0, xattrs: [] }), opaque: m === "whiteout" });
     }
+  }
+
+  /**
+   * The directory at `path` in the top-most parent layer that has it (a whiteout or a non-directory there
+   * ends the search: nothing below shows), as the metadata of a directory this layer only implies.
+   */
+  fromParents(path: string): Omit<DirMeta, "opaque"> | undefined {
+    if (this.opts.parents.length === 0) return undefined;
+    if (path === "") {
+      // The root: its facts from the top-most parent's fd (statx of the fd; its xattrs are not carried).
+      const [fd] = this.opts.parents;
+      const st = fstatSync(fd!, { bigint: true });
+      return { mode: Number(st.mode) & 0o7777, uid: Number(st.uid), gid: Number(st.gid), mtimeSec: Number(st.mtimeNs / 1000000000n), mtimeNsec: Number(st.mtimeNs % 1000000000n), xattrs: [] };
+    }
+    const slash = path.lastIndexOf("/");
+    const dir = path === "" ? "" : slash === -1 ? "" : path.slice(0, slash);
+    const name = path === "" ? "." : path.slice(slash + 1);
+    for (const fd of this.opts.parents) {
+      const [r] = native().lstatXattrsSync([[fd, nativePath(dir), nativePath(name)]], "");
+      if (!r || r.errno !== undefined) continue; // not in this layer (or not reachable): look below
+      if ((r.mode & 0o170000) !== 0o040000) return undefined; // a whiteout or a file hides what is below
+      const xattrs: Array<[string, Buffer]> = Object.entries(r.xattrs).filter(([n]) => !n.startsWith("trusted.overlay.") && !n.startsWith("user.overlay."));
+      return { mode: r.mode & 0o7777, uid: r.uid, gid: r.gid, mtimeSec: r.mtimeSec, mtimeNsec: r.mtimeNsec, xattrs };
+    }
+    return undefined;
   }
 
   private noteDir(path: string, e: TarEntry, opaque: boolean): void {
@@ -321,6 +363,13 @@ class Applier {
 
   private whiteout(e: TarEntry, parent: string, base: string): Promise<void> {
     const parts = parent === "" ? [] : parent.split("/");
+    // Below a file, symlink or whiteout this layer made (a directory replaced by one: umoci writes the
+    // replacement, then whiteouts of what the directory held), a whiteout hides nothing: nothing is written,
+    // and a symlink is never followed to write one.
+    for (let i = 1; i <= parts.length; i++) {
+      const m = this.made.get(parts.slice(0, i).join("/"));
+      if (m !== undefined && m !== "dir") return this.progress();
+    }
     if (base === OPAQUE) {
       this.ensureParents(e.name, [...parts, base]);
       if (parent !== "" && this.made.get(parent) !== "dir") throw refuse(e.name, "an opaque marker whose directory is not a directory");
@@ -461,6 +510,11 @@ class Applier {
 
   /** Directory modes, owners' setuid bits, opaque markers and times, now that nothing more goes in them. */
   async finish(): Promise<void> {
+    // No `./` entry: the layer's root is implied too.
+    if (!this.dirs.has("")) {
+      const root = this.fromParents("");
+      if (root) this.dirs.set("", { ...root, opaque: false });
+    }
     for (const [path, d] of this.dirs) {
       const slash = path.lastIndexOf("/");
       const parent = path === "" ? "" : slash === -1 ? "" : path.slice(0, slash);

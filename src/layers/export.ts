@@ -238,7 +238,7 @@ const marker = (name: string, mtimeSec: number): TarWriteEntry => ({ name, type:
 
 /** The entries of the layer, in the order written: a depth-first walk of the upper, names in byte order. */
 async function planUpper(reader: LayerReader, lowers: LowerLayers, prefix: string, items: ItemQueue): Promise<void> {
-  const links = new Map<string, string>(); // upper inode -> the first name written for it
+  const links = new Map<string, string>(); // layer:inode -> the first name written for it
 
   const file = async (name: string, e: LayerEntry, at: Loc, parentStack: LowerDir[], lookupName: string) => {
     const tar = header(name, e, prefix);
@@ -253,8 +253,9 @@ async function planUpper(reader: LayerReader, lowers: LowerLayers, prefix: strin
       items.push({ tar, from: { root: lowers.loc(data.layer, data.path).root, path: data.path } });
       return;
     }
-    if (e.raw.nlink > 1 && at.root === 0) {
-      const key = String(e.raw.ino);
+    if (e.raw.nlink > 1) {
+      // Hard links of the upper, and of a lower layer's files written whole (under a renamed directory).
+      const key = `${at.root}:${e.raw.ino}`;
       const first = links.get(key);
       if (first !== undefined) {
         items.push({ tar: { ...tar, type: "hardlink", size: 0, linkname: first } });
