@@ -319,11 +319,8 @@ class ScanDirsCall : public Call {
     Napi::Array out = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); i++) {
       const DirFacts& d = out_[i];
-      Napi::Object o = Napi::Object::New(env);
-      if (d.err != 0) {
-        o.Set("errno", Napi::Number::New(env, d.err));
-        o.Set("syscall", Napi::String::New(env, d.syscall));
-      } else {
+      Napi::Object o = DirObject(env, d);
+      if (d.err == 0) {
         Napi::Array entries = Napi::Array::New(env, d.entries.size());
         for (size_t k = 0; k < d.entries.size(); k++) entries.Set(k, EntryToObject(env, d.entries[k], true));
         o.Set("entries", entries);
@@ -334,6 +331,16 @@ class ScanDirsCall : public Call {
   }
 
  private:
+  // A directory's result object: { errno, syscall } when it could not be read, else empty (to be filled).
+  static Napi::Object DirObject(Napi::Env env, const DirFacts& d) {
+    Napi::Object o = Napi::Object::New(env);
+    if (d.err != 0) {
+      o.Set("errno", Napi::Number::New(env, d.err));
+      o.Set("syscall", Napi::String::New(env, d.syscall));
+    }
+    return o;
+  }
+
   // scanDirsPacked's form: per directory { names, facts, extra } or { errno, syscall }. `names` is every
   // entry's name joined by "/" (no name holds one), `facts` a Float64Array of kPackedFields numbers an entry,
   // `extra` a sparse array with { xattrs, linkTarget, errno, ... } only for entries that have any. Objects
@@ -343,10 +350,8 @@ class ScanDirsCall : public Call {
     Napi::Array out = Napi::Array::New(env, out_.size());
     for (size_t i = 0; i < out_.size(); i++) {
       const DirFacts& d = out_[i];
-      Napi::Object o = Napi::Object::New(env);
+      Napi::Object o = DirObject(env, d);
       if (d.err != 0) {
-        o.Set("errno", Napi::Number::New(env, d.err));
-        o.Set("syscall", Napi::String::New(env, d.syscall));
         out.Set(i, o);
         continue;
       }

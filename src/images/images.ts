@@ -9,6 +9,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { applyLayer, type ApplyProgress } from "../layers/apply.js";
 import { chainIds, ImageError, openImageSource, type ImageConfig, type SourceImage } from "./source.js";
+import type { ImageRecord } from "../store/index.js";
 
 /** What images need of a store (src/store): snapshots by key, and image records. */
 export interface ImageStore {
@@ -26,15 +27,7 @@ export interface ImageStore {
   removeImage(name: string): Promise<boolean>;
 }
 
-export interface ImageRecord {
-  name: string;
-  manifestDigest: string;
-  configDigest: string;
-  config: unknown;
-  chainIds: string[];
-  labels?: Record<string, string>;
-  created?: Date;
-}
+export type { ImageRecord };
 
 export interface ImportProgress {
   /** The layer being applied (1-based) and how many the image has. */
