@@ -38,7 +38,7 @@ export async function commitOverlay(store: ImageStore, target: string, name: str
 
   const scratch = join(store.root, "tmp");
   mkdirSync(scratch, { recursive: true });
-  const tmp = mkdtempSync(join(scratch, "commit-"));
+  const tmp = mkdtempSync(join(scratch, `commit-${process.pid}-`));
   const key = `commit-${process.pid}-${randomBytes(6).toString("hex")}`;
   const top = base.chainIds[base.chainIds.length - 1];
   try {

@@ -5,7 +5,7 @@
  * failure removes the half-made snapshot, and two imports of one layer at once end with one snapshot.
  */
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { applyLayer, type ApplyProgress } from "../layers/apply.js";
 import { chainIds, ImageError, openImageSource, type ImageConfig, type SourceImage } from "./source.js";
@@ -67,10 +67,48 @@ async function exists(store: ImageStore, key: string): Promise<string | undefine
   }
 }
 
+/**
+ * Removes what imports killed half-way left: their active snapshots (`import-PID-*` of a process that is gone;
+ * a layer half applied is never committed, so it is only ever in one of these). Returns their keys.
+ */
+export async function reclaimImports(store: ImageStore): Promise<string[]> {
+  const removed: string[] = [];
+  for (const s of await store.list(["kind==active"])) {
+    const m = /^(?:import|commit)-(\d+)-/.exec(s.key);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    try {
+      await store.remove(s.key);
+      removed.push(s.key);
+    } catch (e) {
+      if ((e as { code?: string }).code !== "ERR_OVL_STORE_NOT_FOUND") throw e; // another import reclaimed it
+    }
+  }
+  // Their scratch copies of archives, in the store's tmp/.
+  const tmp = join(store.root, "tmp");
+  for (const n of existsSync(tmp) ? readdirSync(tmp) : []) {
+    const m = /^(?:import|commit)-(\d+)-/.exec(n);
+    if (m && !pidAlive(Number(m[1]))) {
+      rmSync(join(tmp, n), { recursive: true, force: true });
+      removed.push(`tmp/${n}`);
+    }
+  }
+  return removed;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
 /** Imports an OCI layout directory, OCI archive or Docker archive into the store. */
 export async function importImage(store: ImageStore, sourcePath: string, options: ImportOptions = {}): Promise<ImportResult> {
   const scratch = join(store.root, "tmp");
   mkdirSync(scratch, { recursive: true });
+  await reclaimImports(store);
   const source = await openImageSource(sourcePath, scratch);
   try {
     const image = pickImage(source.images, options.pick, sourcePath);

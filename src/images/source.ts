@@ -276,7 +276,7 @@ export async function openImageSource(path: string, scratchParent: string, onPro
     throw new ImageError(`${path}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file or directory" : (e as Error).message}`, (e as NodeJS.ErrnoException).code ?? "ERR_OVL_IMAGE");
   }
   if (st.isDirectory()) return { images: layoutImages(dirFiles(path)), close: () => undefined };
-  const scratch = mkdtempSync(join(scratchParent, "import-"));
+  const scratch = mkdtempSync(join(scratchParent, `import-${process.pid}-`));
   const close = () => rmSync(scratch, { recursive: true, force: true });
   try {
     const files = await archiveFiles(path, scratch, onProgress);
