@@ -119,16 +119,31 @@ function processToken(pid: number | "self"): string | undefined {
   }
 }
 
+/** The parent of process `pid`, from /proc/PID/stat (field 4). */
+function parentOf(pid: number | "self"): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * In the re-executed process: exits at once when the ovl that started it is gone. setpriv sets the
- * parent-death signal, but one that dies before setpriv's prctl() never sends it; this closes that window.
- * Call it before anything replaces /proc (the outer process is seen through the /proc it was started with).
+ * In the re-executed process: exits at once when the ovl that started it, or the unshare(1) between them,
+ * is gone. Each sets the parent-death signal of what it starts (setpriv for unshare, unshare for its forked
+ * child), always before the exec; one that died before that prctl() never sends it, and what it started lives
+ * on, reparented. Checked after the exec, this closes that window: an ancestor that dies later sends the
+ * signal. Call it before anything replaces /proc (the ancestors are seen through the /proc it started with).
  */
 export function exitIfOrphaned(): void {
   const token = process.env[PARENT_ENV];
   if (!token) return;
-  const [pid] = token.split(":");
-  if (processToken(Number(pid)) !== token) process.exit(1);
+  const outer = Number(token.split(":")[0]);
+  if (processToken(outer) !== token) process.exit(1);
+  // This process is unshare itself (exec'd, no pid namespace) or the child unshare forked.
+  const parent = parentOf("self");
+  if (parent !== outer && (parent === undefined || parentOf(parent) !== outer)) process.exit(1);
 }
 
 /**
@@ -177,11 +192,18 @@ function childOf(pid: number): number | undefined {
   return undefined;
 }
 
-/** Whether process `pid` has a handler for `sig` (a pid-1 process ignores the signals it has none for). */
-function catches(pid: number, sig: NodeJS.Signals): boolean {
+/**
+ * Whether process `pid` (the inner ovl) has its signal listeners in place. Node itself catches SIGINT and
+ * SIGTERM from its start (to restore the terminal, then re-raise), and a pid-1 process drops a signal it
+ * raises at itself: forwarded then, the signal would be lost and the run go on. SIGHUP, the last of
+ * FORWARDED_SIGNALS, Node does not catch by itself: caught with the others, all of them are ovl's.
+ */
+function listens(pid: number): boolean {
   try {
     const line = readFileSync(`/proc/${pid}/status`, "utf8").match(/^SigCgt:\s*([0-9a-f]+)$/m);
-    return !!line && ((BigInt(`0x${line[1]}`) >> BigInt(signalNumber(sig) - 1)) & 1n) === 1n;
+    if (!line) return false;
+    const caught = BigInt(`0x${line[1]}`);
+    return FORWARDED_SIGNALS.every((sig) => ((caught >> BigInt(signalNumber(sig) - 1)) & 1n) === 1n);
   } catch {
     return false;
   }
@@ -253,11 +275,11 @@ export function reexecInNamespace(argv: string[], env: NodeJS.ProcessEnv = proce
     let endedFor: NodeJS.Signals | undefined;
     // The signal goes to the inner ovl (unshare --fork blocks SIGINT and SIGTERM, and dies of SIGHUP), which
     // passes it on to the command. Before the inner ovl listens (pid 1 of a namespace ignores the signals it
-    // has no handler for), nothing has started that needs to hear it: everything ends now, leaving nothing.
+    // has no handler for, see listens()), nothing has started that needs to hear it: everything ends now.
     const forward = (sig: NodeJS.Signals) => {
       // (Handlers run from the event loop, after the spawn below has returned: `child` is set.)
       const inner = child!.pid !== undefined ? childOf(child!.pid) : undefined;
-      if (inner !== undefined && catches(inner, sig)) {
+      if (inner !== undefined && listens(inner)) {
         try {
           process.kill(inner, sig);
           return;
