@@ -3,7 +3,8 @@
  * baselines and starts this inside a private mount namespace. Every figure is a median over rounds in which
  * ovl and its baseline take turns, and every ratio compares two things measured side by side in this run.
  *
- * Groups (`--only=a,b`): cycle, profile, layers, eventloop, table, archive (issue 13: applying, exporting, diff). `--quick`: fewer rounds.
+ * Groups (`--only=a,b`): cycle, profile, layers, eventloop, table, archive (issue 13: applying, exporting, diff),
+ * snapshotter (issue 14: a container start through ovl's containerd snapshotter vs containerd's overlayfs). `--quick`: fewer rounds.
  * `--mounts=N`: size of the big table (default 10000).
  */
 import { spawnSync } from "node:child_process";
@@ -19,7 +20,7 @@ import { errorRow, fmtTime, formatMarkdown, formatText, makeRow } from "./lib/re
 import { alternate, median, timed } from "./lib/stats.mjs";
 import { Workspace } from "./lib/workspace.mjs";
 
-const GROUPS = ["cycle", "profile", "layers", "eventloop", "table", "archive"];
+const GROUPS = ["cycle", "profile", "layers", "eventloop", "table", "archive", "snapshotter"];
 
 function parseArgs(argv) {
   const opts = { quick: false, only: GROUPS, mounts: 10000 };
@@ -113,6 +114,7 @@ export async function main(argv, ctx) {
     await group("eventloop", () => eventLoop(ctxt));
     await group("table", () => tableRows(ctxt));
     await group("archive", async () => (await import("./archive.mjs")).archiveRows(ctxt));
+    await group("snapshotter", async () => (await import("./snapshotter.mjs")).snapshotterRows(ctxt));
   } finally {
     try {
       ws.teardown();
