@@ -130,7 +130,14 @@ export async function serveSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
       root,
       close() {
         closing ??= (async () => {
-          await new Promise<void>((done) => server.tryShutdown(() => done()));
+          // Calls under way may finish (a commit's usage walk, a big List); after 10 s they are cut off.
+          await new Promise<void>((done) => {
+            const force = setTimeout(() => server.forceShutdown(), 10_000);
+            server.tryShutdown(() => {
+              clearTimeout(force);
+              done();
+            });
+          });
           store.close();
           held.release();
           try {

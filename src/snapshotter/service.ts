@@ -236,7 +236,8 @@ export function snapshotsService(store: Store, mountsDir: string, opts: Snapshot
           for (let i = 0; i < infos.length; i += LIST_BATCH) call.write({ info: infos.slice(i, i + LIST_BATCH).map(wireInfo) });
           call.end();
         },
-        (err: unknown) => call.destroy(Object.assign(new Error(err instanceof Error ? err.message : String(err)), { code: codeOf(err), details: err instanceof Error ? err.message : String(err) })),
+        // grpc-js ends a server stream with the status of an 'error' it emits.
+        (err: unknown) => call.emit("error", { code: codeOf(err), details: err instanceof Error ? err.message : String(err) }),
       );
     },
     Usage: unary("Usage", async (req: { key: string }) => store.usage(req.key)),
