@@ -28,10 +28,11 @@ const COMMANDS: Record<string, () => Promise<(command: CommandFactory, program: 
   stack: async () => (await import("./cli/commands/stack.js")).addStackCommand,
   run: async () => (await import("./cli/commands/run.js")).addRunCommand,
   image: async () => (await import("./cli/commands/image.js")).addImageCommands,
+  snapshotter: async () => (await import("./cli/commands/snapshotter.js")).addSnapshotterCommands,
   completion: async () => (await import("./cli/commands/completion.js")).addCompletionCommand,
 };
 /** Names that reach a command module other than by its own name. */
-const ALIASES: Record<string, string> = { list: "ls", unmount: "umount", commit: "image", layer: "image" };
+const ALIASES: Record<string, string> = { list: "ls", unmount: "umount", commit: "image", layer: "image", snapshot: "snapshotter" };
 
 /**
  * The whole command line: what `main` runs, and what the help, the completion scripts and the man page

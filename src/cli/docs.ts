@@ -28,6 +28,11 @@ export const EXAMPLES: Record<string, string[]> = {
   ],
   commit: ["ovl image mount alpine ./merged --upper ./u --work ./w && touch ./merged/new && ovl commit ./merged alpine-plus"],
   layer: ["ovl layer export ./upper --lower ./base -o changes.tar", "ovl layer export ./merged -z -o layer.tar.gz"],
+  snapshotter: [
+    "ovl snapshotter --address /run/ovl/snapshotter.sock --root /var/lib/ovl",
+    "ctr images pull --snapshotter ovl docker.io/library/alpine:3 && ctr run --rm --snapshotter ovl docker.io/library/alpine:3 t1 true",
+  ],
+  snapshot: ["ovl snapshot ls --store /var/lib/ovl", "ovl snapshot ls -f kind==committed -J", "ovl snapshot usage default/3/sha256:8a3b...", "ovl snapshot rm default/9/t1"],
   demo: ["ovl demo", "ovl demo --pause"],
   stack: ["ovl stack ./merged/etc", "ovl stack --lower ./base --upper ./u /etc"],
   completion: ["ovl completion bash > /etc/bash_completion.d/ovl", "ovl completion zsh > \"${fpath[1]}/_ovl\"", "ovl completion fish > ~/.config/fish/completions/ovl.fish"],

@@ -31,7 +31,7 @@ import type Database from "better-sqlite3";
  * pay for (or depend on a working build of) SQLite's addon.
  */
 let sqlite: typeof Database | undefined;
-function loadSqlite(): typeof Database {
+export function loadSqlite(): typeof Database {
   try {
     sqlite ??= createRequire(import.meta.url)("better-sqlite3") as typeof Database;
   } catch (e) {
