@@ -48,6 +48,15 @@ const started: ChildProcess[] = [];
 const track = (c: ChildProcess) => void started.push(c);
 const ovlSock = () => s.path("ovl/ovl.sock");
 const ovlRoot = () => s.path("ovl/root");
+/**
+ * A second ovl snapshotter, proxy plugin `ovl-odd`, on a store whose path has a ',' and a ':', which
+ * containerd's overlay options (one mount(2) data string, no escaping) cannot carry: ovl mounts those
+ * overlays itself, by fd, and containerd gets binds of them.
+ */
+let odd: OvlSnapshotter | undefined;
+let oddStartError: unknown;
+const oddSock = () => s.path("ovl-odd/ovl.sock");
+const oddRoot = () => s.path("ovl-odd/store,with:odd chars");
 
 interface StoreEntry {
   key: string;
@@ -59,8 +68,8 @@ interface StoreEntry {
 }
 
 /** ovl's own view of its store (the CLI, not the service). */
-async function storeList(): Promise<StoreEntry[]> {
-  const r = await ovl(["snapshot", "ls", "--store", ovlRoot(), "-J"]);
+async function storeList(root = ovlRoot()): Promise<StoreEntry[]> {
+  const r = await ovl(["snapshot", "ls", "--store", root, "-J"]);
   if (r.exitCode !== 0) throw new Error(`ovl snapshot ls: exit ${r.exitCode}: ${r.stderr}`);
   return JSON.parse(r.stdout) as StoreEntry[];
 }
@@ -132,16 +141,17 @@ async function ensureOvl(): Promise<OvlSnapshotter> {
 }
 
 async function startOurContainerd(): Promise<Containerd> {
-  cd = await startContainerd(s.path("containerd"), { proxies: { ovl: ovlSock() } }, track);
+  cd = await startContainerd(s.path("containerd"), { proxies: { ovl: ovlSock(), "ovl-odd": oddSock() } }, track);
   return cd;
 }
 
 /** Stops everything the tests started, by pid, and what containerd started (its shims, their containers). */
 async function teardown(): Promise<string[]> {
   const problems: string[] = [];
-  if (snap) {
-    const r = await snap.stop();
-    if (r.code !== 0) problems.push(`ovl snapshotter exited ${r.code ?? r.signal}: ${snap.stderr().slice(-2000)}`);
+  for (const o of [snap, odd]) {
+    if (o === undefined) continue;
+    const r = await o.stop();
+    if (r.code !== 0) problems.push(`ovl snapshotter (${o.root}) exited ${r.code ?? r.signal}: ${o.stderr().slice(-2000)}`);
   }
   if (cd) {
     const r = await cd.stop();
@@ -175,6 +185,12 @@ d("ovl as containerd's proxy snapshotter, with the real containerd, runc and ctr
       await ensureOvl();
     } catch (e) {
       ovlStartError = e;
+    }
+    mkdirSync(oddRoot(), { recursive: true });
+    try {
+      odd = await startOvlSnapshotter(cliPath, oddSock(), oddRoot(), track);
+    } catch (e) {
+      oddStartError = e;
     }
     await startOurContainerd();
   }, 300_000);
@@ -314,6 +330,40 @@ d("ovl as containerd's proxy snapshotter, with the real containerd, runc and ctr
     expect((await storeInfo(key!.key)).labels["containerd.io/snapshot/ovl-test"]).toBeUndefined();
   }, 300_000);
 
+  it("a store path containerd's overlay options cannot carry: ovl mounts the overlays, containerd binds them", async () => {
+    if (oddStartError !== undefined) throw oddStartError;
+    const imp = await cd!.ctr(NS, "images", "import", "--snapshotter", "ovl-odd", "--index-name", IMAGE, img.archive);
+    expect([imp.exitCode, imp.stderr]).toEqual([0, ""]);
+    const p = await probe("ovl-odd");
+    expect([p.exitCode, p.stderr, p.stdout]).toEqual([0, "", PROBE_EXPECTED]);
+
+    // While a container runs: its root is an overlay ovl mounted below its store, seen in containerd's
+    // namespace too (the propagation the helpers set up), and containerd's rootfs mount is a bind of it.
+    const id = nextId();
+    await cd!.ctrOk(NS, "run", "-d", "--null-io", "--cgroup", "", "--snapshotter", "ovl-odd", IMAGE, id, "/bin/sh", "-c", "sleep 300");
+    try {
+      const own = mountsUnder(oddRoot());
+      expect(own.map((m) => m.fstype)).toEqual(["overlay"]);
+      expect(mountsUnderIn(cd!.pid, oddRoot())).toEqual(own.map((m) => m.target));
+      const rootfs = mountsUnderIn(cd!.pid, cd!.state).filter((t) => t.endsWith(`/${id}/rootfs`));
+      expect(rootfs).toHaveLength(1);
+      const exec = await cd!.ctr(NS, "tasks", "exec", "--fifo-dir", cd!.fifo, "--exec-id", "probe", id, "/bin/sh", "-c", "cat /etc/greeting; test ! -e /etc/doomed && echo doomed-absent");
+      expect([exec.exitCode, exec.stderr, exec.stdout]).toEqual([0, "", "hello from the base\ndoomed-absent"]);
+    } finally {
+      await cd!.ctr(NS, "tasks", "kill", "-s", "SIGKILL", id);
+      for (let i = 0; i < 100 && (await cd!.ctr(NS, "tasks", "rm", id)).exitCode !== 0; i++) await sleep(100);
+      await cd!.ctrOk(NS, "containers", "rm", id);
+    }
+    await cd!.gcSync(NS);
+    // The container's snapshot is gone, and so is ovl's mount of it, in both namespaces.
+    expect((await storeList(oddRoot())).map((e) => e.kind)).toEqual(["committed", "committed", "committed", "committed"]);
+    expect(mountsUnder(oddRoot())).toEqual([]);
+    expect(mountsUnderIn(cd!.pid, oddRoot())).toEqual([]);
+    // The same layers as the plain store holds, under the same names.
+    const names = (entries: StoreEntry[]) => entries.map((e) => e.key.split("/").slice(2).join("/")).sort();
+    expect(names(await storeList(oddRoot()))).toEqual(names(await storeList()));
+  }, 300_000);
+
   it("survives a restart of containerd: the same snapshots, and a container runs", async () => {
     await ensureOvl();
     const before = await ctrList("ovl");
@@ -369,10 +419,12 @@ d("ovl as containerd's proxy snapshotter, with the real containerd, runc and ctr
     await cd!.ctrOk(NS, "images", "rm", "--sync", IMAGE);
     expect(await ctrList("ovl")).toEqual([]);
     expect(await storeList()).toEqual([]);
+    expect(await storeList(oddRoot())).toEqual([]);
     const cpid = cd!.pid;
     expect(mountsUnderIn(cpid, s.dir)).toEqual([s.dir]);
     const problems = await teardown();
     snap = undefined;
+    odd = undefined;
     cd = undefined;
     expect(problems).toEqual([]);
     expect(alive(cpid)).toBe(false);
