@@ -8,10 +8,12 @@
  * The containerd is the bench's own, as test/containerd-helpers.ts sets it up (read there why): socket, root
  * and state below the workspace, its own mount namespace (slave of the workspace, made shared) with a
  * directory bound on /run, containers with `--cgroup ""`. Garbage collection as containerd does it by default
- * (its snapshot removals run between starts, for both snapshotters alike).
+ * (its snapshot removals run between starts, for both snapshotters alike). containerd's and ovl's output go
+ * to files, not pipes: the bench waits in spawnSync, so nothing would drain a pipe, and a daemon blocked on a
+ * full one (containerd writes a few log lines per start) hangs the next start.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fmtTime, makeRow } from "./lib/report.mjs";
@@ -148,38 +150,38 @@ async function measure(base, { rows, sections, root, quick, procs }) {
   const ovlSock = join(base, "ovl.sock");
 
   // ovl's snapshotter: ready when it says so.
-  const ovl = spawn(process.execPath, [join(root, "dist", "cli.js"), "snapshotter", "--address", ovlSock, "--root", ovlRoot], { stdio: ["ignore", "ignore", "pipe"] });
+  const ovlLog = join(base, "ovl.log");
+  const ovlFd = openSync(ovlLog, "w");
+  const ovl = spawn(process.execPath, [join(root, "dist", "cli.js"), "snapshotter", "--address", ovlSock, "--root", ovlRoot], { stdio: ["ignore", ovlFd, ovlFd] });
+  closeSync(ovlFd);
   procs.push(ovl);
-  let ovlErr = "";
-  await new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`ovl snapshotter: not serving after 60 s: ${ovlErr.trim()}`)), 60_000);
-    ovl.stderr.on("data", (d) => {
-      ovlErr += d;
-      if (ovlErr.split("\n").includes(`ovl: snapshotter: serving on ${ovlSock}`)) {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    ovl.once("exit", (code, sig) => {
-      clearTimeout(t);
-      reject(new Error(`ovl snapshotter exited (${code ?? sig}) before serving: ${ovlErr.trim()}`));
-    });
-  });
+  const ovlErr = () => readFileSync(ovlLog, "utf8");
+  for (let i = 0; !ovlErr().split("\n").includes(`ovl: snapshotter: serving on ${ovlSock}`); i++) {
+    if (ovl.exitCode !== null || ovl.signalCode !== null) throw new Error(`ovl snapshotter exited (${ovl.exitCode ?? ovl.signalCode}) before serving: ${ovlErr().trim()}`);
+    if (i > 600) throw new Error(`ovl snapshotter: not serving after 60 s: ${ovlErr().trim()}`);
+    await sleep(100);
+  }
 
   const p = writeConfig(sub(base, "containerd"), ovlSock);
+  const cdLogFile = join(base, "containerd.log");
+  const cdFd = openSync(cdLogFile, "w");
   const cd = spawn("unshare", ["-m", "--propagation", "slave", "--", "sh", "-c", 'mount --bind "$1" /run && exec containerd --config "$2"', "sh", p.run, p.config], {
-    stdio: ["ignore", "ignore", "pipe"],
+    stdio: ["ignore", cdFd, cdFd],
   });
+  closeSync(cdFd);
   procs.unshift(cd); // stopped first
-  let cdLog = "";
-  cd.stderr.on("data", (d) => {
-    cdLog = (cdLog + d).slice(-8000);
-  });
-  const ctr = (...args) => run("ctr", ["-a", p.sock, "-n", "bench", ...args]);
+  const cdLog = () => readFileSync(cdLogFile, "utf8").slice(-1500);
+  const ctr = (...args) => {
+    try {
+      return run("ctr", ["-a", p.sock, "-n", "bench", ...args], { timeout: 120_000, killSignal: "SIGKILL" });
+    } catch (e) {
+      throw new Error(`${e.message}; containerd's log ends:\n${cdLog()}`);
+    }
+  };
   for (let i = 0; ; i++) {
-    if (cd.exitCode !== null) throw new Error(`containerd exited ${cd.exitCode}: ${cdLog.slice(-1000)}`);
+    if (cd.exitCode !== null) throw new Error(`containerd exited ${cd.exitCode}: ${cdLog()}`);
     if (existsSync(p.sock) && spawnSync("ctr", ["-a", p.sock, "version"], { stdio: "ignore" }).status === 0) break;
-    if (i > 600) throw new Error(`containerd did not serve within 60 s: ${cdLog.slice(-1000)}`);
+    if (i > 600) throw new Error(`containerd did not serve within 60 s: ${cdLog()}`);
     await sleep(100);
   }
 
@@ -221,7 +223,7 @@ async function measure(base, { rows, sections, root, quick, procs }) {
   const rc = await stop(cd, "SIGTERM");
   const ro = await stop(ovl, "SIGTERM");
   if (rc.code !== 0) throw new Error(`containerd exited ${rc.code ?? rc.signal}`);
-  if (ro.code !== 0) throw new Error(`ovl snapshotter exited ${ro.code ?? ro.signal}: ${ovlErr.trim().slice(-400)}`);
+  if (ro.code !== 0) throw new Error(`ovl snapshotter exited ${ro.code ?? ro.signal}: ${ovlErr().trim().slice(-400)}`);
 }
 
 function sub(base, name) {

@@ -26,7 +26,7 @@
  *   hierarchy.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, cpSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmdirSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { execa, type Result } from "execa";
@@ -149,19 +149,20 @@ export function containerdConfig(base: string, opts: ContainerdOptions = {}) {
 /** Starts containerd below `base` (see the top of this file) and waits until it answers. */
 export async function startContainerd(base: string, opts: ContainerdOptions = {}, track?: (c: ChildProcess) => void): Promise<Containerd> {
   const p = containerdConfig(base, opts);
-  const logChunks: string[] = [];
-  // unshare execs sh, which execs containerd: the child's pid is containerd's.
+  // unshare execs sh, which execs containerd: the child's pid is containerd's. Its log goes to a file (appended
+  // to across restarts): a pipe that no one drains while a test waits in a synchronous call blocks containerd.
+  const logFile = join(base, "containerd.log");
+  const fd = openSync(logFile, "a");
   const script = 'mount --bind "$1" /run && exec containerd --config "$2"';
   const proc = spawn("unshare", ["-m", "--propagation", "slave", "--", "sh", "-c", script, "sh", p.run, p.config], {
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", fd, fd],
   });
+  closeSync(fd);
   track?.(proc);
-  proc.stdout!.on("data", (d: Buffer) => logChunks.push(d.toString()));
-  proc.stderr!.on("data", (d: Buffer) => logChunks.push(d.toString()));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     proc.once("exit", (code, signal) => resolve({ code, signal })),
   );
-  const log = () => logChunks.join("");
+  const log = () => readFileSync(logFile, "utf8");
   const ctr = (ns: string, ...args: string[]) => ctrAt(p.sock, ns, args);
   const ctrOk = async (ns: string, ...args: string[]) => {
     const r = await ctr(ns, ...args);
