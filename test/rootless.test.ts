@@ -1,7 +1,8 @@
 import { execFileSync } from "node:child_process";
-import { chmodSync, chownSync, lstatSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, lstatSync, readFileSync, writeFileSync } from "node:fs";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { join } from "node:path";
+import { buildArchive } from "./layer-helpers.js";
 import { packageRootForNobody, realRoot, requirePrivateMountNamespace, runAsNobody, scratch, type Scratch } from "./helpers.js";
 
 const dist = join(packageRootForNobody, "dist", "index.js");
@@ -12,6 +13,15 @@ beforeEach(() => {
   chmodSync(s.dir, 0o755);
 });
 afterEach(() => s.cleanup());
+
+function lstatExists(p: string): boolean {
+  try {
+    lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function ownedByNobody(...names: string[]): string[] {
   const dirs = s.dirs(...names);
@@ -103,5 +113,74 @@ describe.runIf(realRoot)("rootless: an ordinary user in a user namespace", () =>
     expect(e.code).toBe("EPERM");
     expect(e.errno).toBe(-1);
     expect(e.hint).toMatch(/root .*user namespace/);
+  });
+  it("applies a layer (whiteout, opaque directory, owners of the namespace) and keeps a store: the stack mounts as the layers say", () => {
+    // A base layer, then one that deletes a file, replaces a directory (opaque) and adds a file owned by
+    // uid 0 of the namespace (nobody outside) and one by uid 1000, which has no mapping there.
+    const base = s.file("base.tar", "");
+    writeFileSync(base, buildArchive([
+      { name: "etc/", type: "dir", mode: 0o755 },
+      { name: "etc/gone", data: "deleted above" },
+      { name: "etc/kept", data: "kept" },
+      { name: "var/", type: "dir", mode: 0o755 },
+      { name: "var/old", data: "hidden by the opaque dir above" },
+    ]));
+    const top = s.file("top.tar", "");
+    writeFileSync(top, buildArchive([
+      { name: "etc/.wh.gone", data: "" },
+      { name: "var/", type: "dir", mode: 0o755 },
+      { name: "var/.wh..wh..opq", data: "" },
+      { name: "var/new", data: "new", uid: 0, gid: 0 },
+      { name: "home/", type: "dir", mode: 0o755, uid: 1000, gid: 1000 },
+    ]));
+    execFileSync("chown", ["-R", "65534:65534", s.dir]);
+    const store = s.path("store");
+    const merged = s.path("merged");
+    const script = `
+      import * as overlay from ${JSON.stringify(dist)};
+      import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+      const store = await overlay.openStore(${JSON.stringify(store)});
+      const out = {};
+      await store.prepare("a", undefined);
+      out.base = await overlay.applyLayer(${JSON.stringify(base)}, await store.dir("a"));
+      await store.commit("base", "a");
+      await store.prepare("b", "base");
+      try {
+        await overlay.applyLayer(${JSON.stringify(top)}, await store.dir("b"), { parents: (await store.mounts("b")).lower });
+      } catch (e) { out.unmapped = { code: e.code, message: e.message }; }
+      await store.remove("b");
+      await store.prepare("b", "base");
+      out.top = await overlay.applyLayer(${JSON.stringify(top)}, await store.dir("b"), { owners: false, parents: (await store.mounts("b")).lower });
+      await store.commit("top", "b");
+      await store.view("v", "top");
+      mkdirSync(${JSON.stringify(merged)});
+      const m = await overlay.mount({ ...(await store.mounts("v")), target: ${JSON.stringify(merged)} });
+      out.userxattr = m.features.userxattr;
+      out.etc = readdirSync(${JSON.stringify(`${merged}/etc`)});
+      out.var = readdirSync(${JSON.stringify(`${merged}/var`)});
+      out.newOwner = statSync(${JSON.stringify(`${merged}/var/new`)}).uid;
+      await m.unmount();
+      out.check = await store.check();
+      store.close();
+      console.log(JSON.stringify(out));`;
+    const r = runAsNobody(script, { userNamespace: true });
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout);
+    // With the archive's owners, uid 1000 cannot be given here: a clear error, and nothing kept.
+    expect(out.unmapped.message).toMatch(/home/);
+    expect(out.top).toMatchObject({ whiteouts: 1, opaqueDirs: 1 });
+    expect(out.userxattr).toBe(true);
+    expect(out.etc).toEqual(["kept"]);
+    expect(out.var).toEqual(["new"]);
+    expect(out.newOwner).toBe(0);
+    expect(out.check).toEqual({ missing: [], orphans: [] });
+    // On the host: the opaque marker in user.overlay.* (trusted.* cannot be written there), the whiteout a 0/0 device.
+    const layers = execFileSync("sh", ["-c", `ls -d ${store}/snapshots/*/fs`], { encoding: "utf8" }).trim().split("\n");
+    const xattrs = execFileSync("getfattr", ["-d", "-m", "-", ...layers.map((l) => `${l}/var`).filter((p) => existsSync(p))], { encoding: "utf8" });
+    expect(xattrs).toMatch(/user\.overlay\.opaque="y"/);
+    expect(xattrs).not.toMatch(/trusted\./);
+    const gone = layers.map((l) => `${l}/etc/gone`).filter(lstatExists).map((p) => lstatSync(p));
+    expect(gone.map((st) => (st.isCharacterDevice() ? `char ${st.rdev}` : st.isFile() ? "file" : "other")).sort()).toEqual(["char 0", "file"]);
   });
 });

@@ -4,10 +4,11 @@
  * $XDG_DATA_HOME/ovl (~/.local/share/ovl) for anyone else.
  */
 import { join } from "node:path";
-import { Option, type Command } from "commander";
+import { Option } from "commander";
 import { type CommandFactory, collect } from "../command.js";
 import { EXIT, reportError, UsageError } from "../errors.js";
 import { formatTable, printable, style, writeJson } from "../output.js";
+import { forEachName, storeOption } from "../store.js";
 import type { ImageStore } from "../../images/images.js";
 import { defaultStoreRoot } from "../../images/location.js";
 
@@ -45,9 +46,6 @@ export function progressLine(): { show(text: string): void; done(): void } {
 const mb = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(1)} GB` : n >= 1e6 ? `${(n / 1e6).toFixed(1)} MB` : `${(n / 1e3).toFixed(0)} kB`);
 const short = (d: string) => d.replace(/^sha256:/, "").slice(0, 12);
 
-function storeOption(cmd: Command): Command {
-  return cmd.option("--store <dir>", "the snapshot store (default $OVL_STORE, /var/lib/ovl as root, else ~/.local/share/ovl)");
-}
 
 /** Registers `image`, `commit` and `layer` with `command(name)`, the CLI's factory for subcommands. */
 export function addImageCommands(command: CommandFactory): void {
@@ -106,22 +104,11 @@ export function addImageCommands(command: CommandFactory): void {
   storeOption(image.command("rm").description("remove images, and their layers that nothing else uses").argument("<name...>")).action(
     async (names: string[], opts: { store?: string }) => {
       const { removeImage } = await import("../../images/images.js");
-      let failed = 0;
-      await withStore(opts, async (store) => {
-        for (const n of names) {
-          try {
-            const removed = await removeImage(store, n);
-            console.log(`${style("red", "removed")} ${printable(n)} (${removed.length} layer${removed.length === 1 ? "" : "s"} freed)`);
-          } catch (err) {
-            failed++;
-            reportError("image rm", err);
-          }
-        }
-      }).catch((err) => {
-        failed = names.length;
-        reportError("image rm", err);
+      let store: (ImageStore & { close(): void }) | undefined;
+      process.exitCode = await forEachName("image rm", names, (fn) => withStore(opts, (s) => ((store = s), fn())), async (n) => {
+        const removed = await removeImage(store!, n);
+        console.log(`${style("red", "removed")} ${printable(n)} (${removed.length} layer${removed.length === 1 ? "" : "s"} freed)`);
       });
-      process.exitCode = failed === 0 ? EXIT.OK : failed === names.length ? EXIT.USAGE : EXIT.SOME_FAILED;
     },
   );
 

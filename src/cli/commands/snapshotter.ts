@@ -3,16 +3,13 @@
  * until SIGTERM or SIGINT; and `ovl snapshot ls|info|usage|rm`: the store's snapshots as ovl sees them, to
  * set beside `ctr snapshots --snapshotter ovl ...`.
  */
-import type { Command } from "commander";
 import type { CommandFactory } from "../command.js";
 import { EXIT, reportError } from "../errors.js";
 import { formatTable, printable, writeJson } from "../output.js";
+import { forEachName, storeOption } from "../store.js";
 import { defaultStoreRoot } from "../../images/location.js";
 import type { SnapshotInfo, Store } from "../../store/store.js";
 
-function storeOption(cmd: Command): Command {
-  return cmd.option("--store <dir>", "the snapshot store (default $OVL_STORE, /var/lib/ovl as root, else ~/.local/share/ovl)");
-}
 
 async function withStore<T>(opts: { store?: string }, fn: (store: Store) => Promise<T>): Promise<T> {
   const { openStore } = await import("../../store/store.js");
@@ -28,10 +25,9 @@ const asJson = (i: SnapshotInfo) => ({ key: i.key, ...(i.parent !== undefined ? 
 
 /** Registers `snapshotter` (the service) and `snapshot` (the store's snapshots). */
 export function addSnapshotterCommands(command: CommandFactory): void {
-  command("snapshotter")
+  storeOption(command("snapshotter"), "--root")
     .description("serve the store to containerd as a proxy snapshotter (its snapshots gRPC API) until SIGTERM")
     .requiredOption("--address <socket>", "the unix socket to serve on (containerd's proxy_plugins address)")
-    .option("--root <dir>", "the snapshot store (default $OVL_STORE, /var/lib/ovl as root, else ~/.local/share/ovl)")
     .action(async (opts: { address: string; root?: string }) => {
       try {
         const { serveSnapshotter } = await import("../../snapshotter/server.js");
@@ -109,20 +105,7 @@ export function addSnapshotterCommands(command: CommandFactory): void {
     },
   );
   storeOption(snapshot.command("rm").description("remove snapshots (without children)").argument("<key...>")).action(async (keys: string[], opts: { store?: string }) => {
-    let failed = 0;
-    await withStore(opts, async (s) => {
-      for (const k of keys) {
-        try {
-          await s.remove(k);
-        } catch (err) {
-          failed++;
-          reportError("snapshot rm", err);
-        }
-      }
-    }).catch((err) => {
-      failed = keys.length;
-      reportError("snapshot rm", err);
-    });
-    process.exitCode = failed === 0 ? EXIT.OK : failed === keys.length ? EXIT.USAGE : EXIT.SOME_FAILED;
+    let store: Store | undefined;
+    process.exitCode = await forEachName("snapshot rm", keys, (fn) => withStore(opts, (s) => ((store = s), fn())), (k) => store!.remove(k));
   });
 }
