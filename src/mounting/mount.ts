@@ -447,6 +447,8 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
   declare upper?: string;
   declare work?: string;
   declare features: OverlayMount["features"];
+  /** The layers handed over as detached, idmapped mounts (`idmap`), by index; `lower`/`data` name them. */
+  declare detached?: OverlayMount["detached"];
   /** The path fields whose bytes are not UTF-8 (shown with U+DC80-U+DCFF), when there are any. */
   declare nonUtf8?: string[];
   /** The kernel's unique 64-bit mount id (6.8+), which is never reused; absent on older kernels. */
