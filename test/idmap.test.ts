@@ -4,6 +4,7 @@ import { release } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import * as overlay from "../src/index.js";
+import { ovl, requireBuiltCli } from "./cli-helpers.js";
 import { native } from "../src/kernel/native.js";
 import {
   killChild,
@@ -282,6 +283,53 @@ describe("parseIdmap: util-linux's X-mount.idmap spelling", () => {
     expect(() => overlay.parseIdmap("0:100000")).toThrow(/not \[u:\|g:\|b:\]inside:outside:count/);
     expect(() => overlay.parseIdmap("u:0:1:1")).toThrow(/maps no gids/);
     expect(() => overlay.parseIdmap("")).toThrow(/is empty/);
+  });
+});
+
+describe.runIf(realRoot)("ovl mount --idmap, -o X-mount.idmap=, ovl run --idmap", () => {
+  beforeAll(() => requireBuiltCli());
+
+  it("mounts idmapped from either spelling, lists the layer as detached, and refuses bad values as usage errors", async () => {
+    const { lower, upper, work, merged } = layout();
+    const [l2] = s.dirs("l2");
+    const before = table();
+    let r = await ovl(["mount", "--lower", lower, "--upper", upper, "--work", work, "--idmap", "0:100000:65536", merged]);
+    expect(r.stderr).toBe("");
+    expect(r.exitCode).toBe(0);
+    expect(statSync(`${merged}/file`)).toMatchObject({ uid: 100000, gid: 100000 });
+    r = await ovl(["ls", "-r", "-n", "-o", "TARGET,LOWER,UPPER", merged]);
+    expect(r.stdout).toBe(`${merged} (detached) ${upper}`);
+    r = await ovl(["ls", "--json", merged]);
+    expect(JSON.parse(r.stdout)[0]).toMatchObject({ lower: ["/"], detached: { lower: [0], data: [], pathsKnown: false } });
+    expect((await ovl(["umount", merged])).exitCode).toBe(0);
+
+    r = await ovl(["mount", "-o", `lowerdir=${lower}:${l2},X-mount.idmap=u:0:100000:65536 g:0:200000:65536`, merged]);
+    expect(r.stderr).toBe("");
+    expect(statSync(`${merged}/file`)).toMatchObject({ uid: 100000, gid: 200000 });
+    expect((await ovl(["umount", merged])).exitCode).toBe(0);
+    expect(table()).toEqual(before);
+
+    r = await ovl(["mount", "--lower", lower, "--lower", l2!, "--idmap", "0:100000", merged]);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain("--idmap 0:100000: has '0:100000', which is not [u:|g:|b:]inside:outside:count");
+    r = await ovl(["mount", "--lower", lower, "--lower", l2!, "--idmap", "0:1:1", "-o", "X-mount.idmap=0:1:1", merged]);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain("--idmap and -o X-mount.idmap= both give the idmap");
+    r = await ovl(["mount", "--lower", lower, "--lower", "/proc", "--idmap", "0:100000:65536", merged]);
+    expect(r.exitCode).toBe(32);
+    expect(r.stderr).toContain(`ovl: mount ${merged}: lower layer 2 '/proc' cannot be idmapped (mount_setattr MOUNT_ATTR_IDMAP) on Linux ${kernel}: its filesystem is proc`);
+    expect(table()).toEqual(before);
+  });
+
+  it("ovl run --idmap: the command sees the mapped owners; a namespace path is refused (the run has its own /proc)", async () => {
+    const { lower } = layout();
+    let r = await ovl(["run", "--lower", lower, "--tmp", "--idmap", "0:100000:65536", "--", "stat", "-c", "%u:%g", "file"]);
+    expect(r.stderr).toBe("");
+    expect(r.stdout).toBe("100000:100000");
+    expect(r.exitCode).toBe(0);
+    r = await ovl(["run", "--lower", lower, "--tmp", "--idmap", "/proc/self/ns/user", "--", "true"]);
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain("ovl run --idmap takes maps, not a user namespace file");
   });
 });
 

@@ -263,7 +263,7 @@ function checkLayersReadable(m: OverlayMount): void {
     throw layerError(
       "EINVAL",
       `${which} of the overlay at ${m.target} is a detached mount (an idmapped layer): the mount table shows it as '/', its path inside its own detached tree, and names no directory it came from`,
-      { syscall: "open", path: m.target, dest: m.target, hint: "pass the layers themselves, e.g. diff({ upper, lower })" },
+      { syscall: "open", path: m.target, dest: m.target, hint: "pass the layers themselves: diff({ upper, lower }), or ovl diff --upper U --lower L" },
     );
   }
   const layers = [...(m.upper !== undefined ? [m.upper] : []), ...m.lower, ...m.data];

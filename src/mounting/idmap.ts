@@ -106,6 +106,15 @@ export function checkIdmapSpec(value: unknown, name = "spec.idmap"): CheckedIdma
   }
 }
 
+/** An `X-mount.idmap=` value that is not one: Node's ERR_INVALID_ARG_VALUE, with the rule it broke apart. */
+export class IdmapSyntaxError extends TypeError {
+  readonly code = "ERR_INVALID_ARG_VALUE";
+  constructor(readonly value: string, readonly rule: string) {
+    super(`The argument 'idmap' ${rule}. Received ${JSON.stringify(value)}`);
+    this.name = "IdmapSyntaxError";
+  }
+}
+
 /**
  * util-linux's `X-mount.idmap=` value (mount(8)): space-separated `[u:|g:|b:]inside:outside:count` entries (no
  * prefix and `b:` map both uids and gids), or an absolute path to a user namespace file (`/proc/PID/ns/user`).
@@ -114,20 +123,20 @@ export function parseIdmap(text: string): IdmapSpec {
   if (typeof text !== "string") throw invalidArgType("text", "of type string", text);
   const value = text.trim();
   if (value.startsWith("/")) return { usernsPath: value };
-  if (value === "") throw invalidArgValue("idmap", text, "is empty; give inside:outside:count (e.g. 0:100000:65536) or a path such as /proc/PID/ns/user");
+  if (value === "") throw new IdmapSyntaxError(text, "is empty; give inside:outside:count (e.g. 0:100000:65536) or a path such as /proc/PID/ns/user");
   const uidMap: IdMapping[] = [];
   const gidMap: IdMapping[] = [];
   for (const entry of value.split(/\s+/)) {
     const m = /^(?:([ugb]):)?(\d+):(\d+):(\d+)$/.exec(entry);
     if (!m) {
-      throw invalidArgValue("idmap", text, `has '${entry}', which is not [u:|g:|b:]inside:outside:count (e.g. 0:100000:65536, u:0:100000:65536)`);
+      throw new IdmapSyntaxError(text, `has '${entry}', which is not [u:|g:|b:]inside:outside:count (e.g. 0:100000:65536, u:0:100000:65536)`);
     }
     const triple: IdMapping = [Number(m[2]), Number(m[3]), Number(m[4])];
     if (m[1] !== "g") uidMap.push(triple);
     if (m[1] !== "u") gidMap.push(triple);
   }
-  if (uidMap.length === 0) throw invalidArgValue("idmap", text, "maps no uids (add a u: or b: entry, or one without a prefix)");
-  if (gidMap.length === 0) throw invalidArgValue("idmap", text, "maps no gids (add a g: or b: entry, or one without a prefix)");
+  if (uidMap.length === 0) throw new IdmapSyntaxError(text, "maps no uids (add a u: or b: entry, or one without a prefix)");
+  if (gidMap.length === 0) throw new IdmapSyntaxError(text, "maps no gids (add a g: or b: entry, or one without a prefix)");
   return { uidMap, gidMap };
 }
 
