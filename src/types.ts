@@ -90,7 +90,7 @@ export interface OverlayMount<P extends string | Buffer = string> extends MountI
  * Which layers of an overlay are detached mounts: indexes into `lower` and `data`.
  *
  * - From `mount()`: ovl made them, so `pathsKnown` is true and `lower`/`data` hold the real directories.
- * - From `list()` (and `watch()`, `parseMountInfo()`): every layer the new mount API printed as exactly `/`
+ * - From `list()` (and `watch()`, `toOverlayMount()`): every layer the new mount API printed as exactly `/`
  *   (`lowerdir+=/`, `datadir+=/`) is taken for a detached tree's root, since ovl never mounts the root
  *   directory itself as a layer; `pathsKnown` is false and `lower[i]` stays the table's text (`/`), which names
  *   no directory here. Nothing in the mount table, statmount or /proc says which directory a detached layer
