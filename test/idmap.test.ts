@@ -151,6 +151,17 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
     }
   });
 
+  it("idmaps data-only layers too, and list() marks them", async () => {
+    const [l1, l2, data, merged] = s.dirs("l1", "l2", "data", "merged");
+    const m = await overlay.mount({ lower: [l1!, l2!], data: [data!], target: merged!, idmap: { uidMap: MAP } });
+    expect(m.superOptions.filter((o) => o.endsWith("=/"))).toEqual(["lowerdir+=/", "lowerdir+=/", "datadir+=/"]);
+    expect(m.data).toEqual([data]);
+    expect(m.detached).toEqual({ lower: [0, 1], data: [0], pathsKnown: true });
+    const [listed] = await overlay.list({ target: merged! });
+    expect(listed!.detached).toEqual({ lower: [0, 1], data: [0], pathsKnown: false });
+    await m.unmount();
+  });
+
   it("idmaps a tmpfs lower (tmpfs allows idmapped mounts on 6.18)", async () => {
     const [t, upper, work, merged] = s.dirs("tmpfs", "upper", "work", "merged");
     execFileSync("mount", ["-t", "tmpfs", "tmpfs", t!]);
@@ -224,6 +235,14 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
       expect(err.message).toContain(`Linux ${kernel}`);
       err = await failsCleanly(() => overlay.mount({ ...spec, idmap: { usernsPid: 2 ** 22 + 7 } }));
       expect(err.code).toBe("ENOENT");
+      // A user namespace whose maps were never written maps no ids: the kernel will not idmap with it.
+      const c = spawn("unshare", ["-U", "sleep", "1000"], { stdio: "ignore" });
+      children.push(c);
+      for (let i = 0; i < 200 && readFileSync(`/proc/${c.pid}/comm`, "utf8").trim() !== "sleep"; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(readFileSync(`/proc/${c.pid}/uid_map`, "utf8")).toBe("");
+      err = await failsCleanly(() => overlay.mount({ ...spec, idmap: { usernsPid: c.pid! } }));
+      expect(err).toMatchObject({ code: "EINVAL", syscall: "mount_setattr" });
+      expect(err.hint).toMatch(/maps no ids/);
     });
 
     it("open_tree: a layer in another mount namespace cannot be cloned", async () => {
@@ -238,7 +257,7 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
       expect(err.hint).toMatch(/another mount namespace/);
     });
 
-    it("mount_setattr: a nested overlay as a lower (after a first layer was cloned), proc, and ext2", async () => {
+    it("mount_setattr: a nested overlay as a lower (after a first layer was cloned), proc, sysfs and ext2", async () => {
       const { lower, upper, work, merged } = layout();
       const [ou, ow, inner, ext2] = s.dirs("ou", "ow", "inner", "ext2");
       execFileSync("mount", ["-t", "overlay", "overlay", "-o", `lowerdir=${lower},upperdir=${ou},workdir=${ow}`, inner!]);
@@ -249,6 +268,8 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
 
       err = await failsCleanly(() => overlay.mount({ lower: ["/proc", lower], upper, work, target: merged, idmap: { uidMap: MAP } }));
       expect(err.message).toContain("its filesystem is proc (statfs f_type 0x9fa0)");
+      err = await failsCleanly(() => overlay.mount({ lower: [lower, "/sys"], upper, work, target: merged, idmap: { uidMap: MAP } }));
+      expect(err.message).toContain("its filesystem is sysfs (statfs f_type 0x62656572)");
 
       // ext2 is served by the ext4 driver here (same f_type), but registered without idmapped mounts.
       const image = s.path("ext2.img");
