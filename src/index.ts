@@ -27,6 +27,7 @@ export {
   type IdMaps,
   type IdmapSpec,
 } from "./mounting/idmap.js";
+export { probeIdmap, type IdmapProbe } from "./mounting/idmap-probe.js";
 export type { MountSpec, MountStrategy } from "./mounting/validate.js";
 export { diff, type Change, type DiffLayers, type DiffOptions } from "./layers/diff.js";
 export { applyLayer, entryPath, LayerError, type ApplyLayerOptions, type ApplyLayerResult, type ApplyProgress, type LayerSource } from "./layers/apply.js";

@@ -151,6 +151,25 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
     }
   });
 
+  it("probeIdmap: supported on this ext4 scratch dir, refused (with the reason) on an ext2 one; nothing left", async () => {
+    const before = table();
+    expect(await overlay.probeIdmap(s.dir)).toEqual({ supported: true });
+    const [ext2] = s.dirs("ext2");
+    const image = s.path("probe-ext2.img");
+    execFileSync("truncate", ["-s", "8M", image]);
+    execFileSync("mkfs.ext2", ["-q", image]);
+    execFileSync("mount", ["-t", "ext2", "-o", "loop", image, ext2!]);
+    const withExt2 = table();
+    const refused = await overlay.probeIdmap(ext2!);
+    expect(refused.supported).toBe(false);
+    expect(!refused.supported && refused.error).toMatchObject({ code: "EINVAL", syscall: "mount_setattr" });
+    expect(table()).toEqual(withExt2);
+    expect(execFileSync("ls", ["-A", ext2!], { encoding: "utf8" }).trim()).toBe("lost+found");
+    execFileSync("umount", [ext2!]);
+    expect(table()).toEqual(before);
+    expect(execFileSync("ls", ["-A", s.dir], { encoding: "utf8" }).trim().split("\n").sort()).toEqual(["ext2", "probe-ext2.img"]);
+  });
+
   it("idmaps data-only layers too, and list() marks them", async () => {
     const [l1, l2, data, merged] = s.dirs("l1", "l2", "data", "merged");
     const m = await overlay.mount({ lower: [l1!, l2!], data: [data!], target: merged!, idmap: { uidMap: MAP } });
