@@ -19,7 +19,7 @@
  * the result of mount() names them by their real paths.
  */
 import { closeSync } from "node:fs";
-import { constants } from "node:os";
+import { constants, release } from "node:os";
 import { basename, dirname, resolve } from "node:path";
 import { OverlayError, describeErrno, fromNative, invalidArgType } from "../kernel/errors.js";
 import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.js";
@@ -41,7 +41,6 @@ import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings, toOverla
 import { mountInfoFromStatmount } from "../table/statmount.js";
 import { inUserNamespace, overflowIds } from "../kernel/userns.js";
 import { idmapLayerError, usernsForMount } from "./idmap.js";
-import { release } from "node:os";
 import type { MountInfo, OverlayMount, OverlayOptions } from "../types.js";
 import {
   type CheckedSpec,
@@ -592,8 +591,8 @@ function* idmappedClones(spec: CheckedSpec, extraFds: number[]): Plan<LayerFds> 
     clones = yield* nativeCall("cloneIdmapped", layers.map((r) => r.fd), ns.fd);
   } catch (e) {
     const f = e as NativeFailure;
-    const role = layers[f.step ?? 0];
-    if (typeof f !== "object" || f === null || typeof f.errno !== "number" || !role) throw e;
+    if (typeof f !== "object" || f === null || typeof f.errno !== "number") throw e; // a TypeError of the addon's
+    const role = layers[f.step ?? 0]!;
     // The filesystem by name (statmount: `ext2` where statfs says only ext2/3/4), where the kernel can say.
     let fsType: string | undefined;
     if (role.facts.uniqueMountId) {
