@@ -170,6 +170,55 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
     expect(execFileSync("ls", ["-A", s.dir], { encoding: "utf8" }).trim().split("\n").sort()).toEqual(["ext2", "probe-ext2.img"]);
   });
 
+  it("leaves no reference to the layer's filesystem: its loop device detaches once the overlay is gone, or after a failed mount", async () => {
+    const [fsDir, upper, work, merged, both, ro] = s.dirs("fs", "upper", "work", "merged", "both", "ro");
+    s.dirs("both/upper", "both/work");
+    execFileSync("mount", ["--bind", both!, ro!]);
+    execFileSync("mount", ["-o", "remount,bind,ro", ro!]);
+    const image = s.path("layer.img");
+    execFileSync("truncate", ["-s", "16M", image]);
+    execFileSync("mkfs.ext4", ["-q", image]);
+    const attached = () => execFileSync("losetup", ["-j", image], { encoding: "utf8" }).trim() !== "";
+    /** Mounts the image (loop, autoclear), runs `use` on a layer in it, unmounts it: is its loop device still held? */
+    const heldAfter = async (use: (layer: string) => Promise<void>) => {
+      execFileSync("mount", ["-o", "loop", image, fsDir!]);
+      execFileSync("mkdir", ["-p", `${fsDir}/layer`]);
+      await use(`${fsDir}/layer`);
+      execFileSync("umount", [fsDir!]);
+      for (let i = 0; i < 50 && attached(); i++) await new Promise((r) => setTimeout(r, 20));
+      return attached();
+    };
+    // The detector detects: a clone whose fd is still open keeps the filesystem, and so its loop device.
+    let leaked: number[] = [];
+    const ns = overlay.makeUserNamespaceSync({ uidMap: MAP });
+    expect(
+      await heldAfter(async (layer) => {
+        const { paths } = native().openPathsSync([layer]);
+        leaked = native().cloneIdmappedSync([paths[0]!.fd!], ns.fd);
+        closeSync(paths[0]!.fd!);
+      }),
+    ).toBe(true);
+    for (const fd of leaked) closeSync(fd);
+    ns.close();
+    for (let i = 0; i < 50 && attached(); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(attached()).toBe(false);
+    // A mount and its unmount: nothing holds it after.
+    expect(
+      await heldAfter(async (layer) => {
+        const m = await overlay.mount({ lower: [layer], upper: upper!, work: work!, target: merged!, idmap: { uidMap: MAP } });
+        await m.unmount();
+      }),
+    ).toBe(false);
+    // A mount refused after the layer was cloned (a read-only upper): nothing holds it either.
+    expect(
+      await heldAfter(async (layer) => {
+        await expect(
+          overlay.mount({ lower: [layer], upper: join(ro!, "upper"), work: join(ro!, "work"), target: merged!, idmap: { uidMap: MAP } }),
+        ).rejects.toMatchObject({ code: "EINVAL", syscall: "fsconfig" });
+      }),
+    ).toBe(false);
+  });
+
   it("idmaps data-only layers too, and list() marks them", async () => {
     const [l1, l2, data, merged] = s.dirs("l1", "l2", "data", "merged");
     const m = await overlay.mount({ lower: [l1!, l2!], data: [data!], target: merged!, idmap: { uidMap: MAP } });
@@ -311,6 +360,18 @@ describe.runIf(realRoot)("idmapped layers, as root", () => {
       expect(err).toMatchObject({ code: "EINVAL", syscall: "fsconfig" });
       expect(err.message).toMatch(/read-only/);
     });
+  });
+});
+
+describe("toOverlayMount: which layers the table shows as detached", () => {
+  const entry = (superOptions: string) =>
+    overlay.toOverlayMount(overlay.parseMountInfo(`90 30 0:50 / /m rw,relatime - overlay overlay ${superOptions}\n`, { strict: true }).mounts[0]!);
+  it("marks every lowerdir+=/ and datadir+=/ (a detached tree's root), and nothing else", () => {
+    expect(entry("rw,lowerdir+=/,lowerdir+=/b,datadir+=/,upperdir=/u,workdir=/w").detached).toEqual({ lower: [0], data: [0], pathsKnown: false });
+    expect(entry("ro,lowerdir+=/a,lowerdir+=/").detached).toEqual({ lower: [1], data: [], pathsKnown: false });
+    expect(entry("ro,lowerdir+=/a,lowerdir+=/b").detached).toBeUndefined();
+    expect(entry("ro,lowerdir+=/a/,lowerdir+=//").detached).toBeUndefined(); // not exactly `/`
+    expect(entry("ro,lowerdir=/:/b").detached).toBeUndefined(); // legacy: printed as typed, a real `/`
   });
 });
 
