@@ -6,7 +6,7 @@
   "targets": [
     {
       "target_name": "ovl",
-      "sources": ["native/addon.cc", "native/mount.cc", "native/table.cc", "native/walk.cc", "native/tree.cc"],
+      "sources": ["native/addon.cc", "native/mount.cc", "native/table.cc", "native/walk.cc", "native/tree.cc", "native/idmap.cc"],
       "include_dirs": ["<!@(node -p \"require('node-addon-api').include\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra", "-fno-exceptions"],

@@ -2,6 +2,7 @@
 //   mount.cc  looking paths up once into fds, the mount calls, unmounting
 //   table.cc  statmount, reading the table, watching it
 //   walk.cc   walking layers beneath their root fds, with overlay's xattrs
+//   idmap.cc  user namespaces from id maps, detached idmapped clones of layers
 //   tree.cc   building and removing trees beneath a root fd (applying layers)
 //   kmsg.h    the kernel log, by position
 // Every export returns a Promise (the call runs on the libuv thread pool) and has a `*Sync` twin; a failure
@@ -20,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterTable(env, exports);
   RegisterWalk(env, exports);
   RegisterTree(env, exports);
+  RegisterIdmap(env, exports);
   return exports;
 }
 

@@ -28,6 +28,8 @@ struct SysError {
   std::vector<std::string> kernel_log;  // overlay's lines in the kernel log written during the call
   bool has_found_id = false;            // umountAt: the mount id found where the expected one was not
   uint64_t found_id = 0;
+  bool has_fs_magic = false;            // cloneIdmapped: statfs f_type of the layer the kernel refused
+  uint64_t fs_magic = 0;
 };
 
 // Closes a file descriptor when it goes out of scope (on every exit path of a call).
@@ -213,6 +215,7 @@ inline Napi::Object SysErrorToObject(Napi::Env env, const SysError& e) {
   o.Set("messages", StringsToArray(env, e.messages));
   o.Set("kernelLog", StringsToArray(env, e.kernel_log));
   if (e.has_found_id) o.Set("foundMountId", Napi::Number::New(env, static_cast<double>(e.found_id)));
+  if (e.has_fs_magic) o.Set("fsMagic", Napi::Number::New(env, static_cast<double>(e.fs_magic)));
   return o;
 }
 
@@ -282,5 +285,6 @@ void RegisterMount(Napi::Env env, Napi::Object exports);
 void RegisterTable(Napi::Env env, Napi::Object exports);
 void RegisterWalk(Napi::Env env, Napi::Object exports);
 void RegisterTree(Napi::Env env, Napi::Object exports);
+void RegisterIdmap(Napi::Env env, Napi::Object exports);
 
 }  // namespace ovl

@@ -12,7 +12,7 @@ ln -s "$root/node_modules" "$out/node_modules"
 nm -D "$out/build/Release/ovl.node" | grep __asan_init >/dev/null || { echo "sanitize: the build has no ASan runtime" >&2; exit 1; }
 npx tsc -p tsconfig.build.json
 tests=("$@")
-[ ${#tests[@]} -gt 0 ] || tests=(test/native.test.ts test/mount.test.ts test/hardening.test.ts test/lookup-once.test.ts test/diff.test.ts test/watch.test.ts)
+[ ${#tests[@]} -gt 0 ] || tests=(test/native.test.ts test/mount.test.ts test/hardening.test.ts test/lookup-once.test.ts test/diff.test.ts test/watch.test.ts test/idmap.test.ts)
 # Node itself is not instrumented: preload the runtime; leaks are Node's own at exit, so report errors only.
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1

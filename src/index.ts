@@ -17,7 +17,17 @@ export { parseMountInfo, MountInfoParseError, type MountInfoIssue, type ParseMou
 export { parseOverlayOptions, toOverlayMount, type OverlayLayers } from "./mounting/overlay-options.js";
 export { list, readMountTable, isOverlay, settleUpperWork, type ListOptions, type MountList } from "./table/table.js";
 export { watch, type MountEvent, type MountWatch, type WatchOptions } from "./table/watch.js";
-export type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
+export type { DetachedLayers, MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "./types.js";
+export {
+  makeUserNamespace,
+  makeUserNamespaceSync,
+  parseIdmap,
+  UserNamespace,
+  type IdMapping,
+  type IdMaps,
+  type IdmapSpec,
+} from "./mounting/idmap.js";
+export { probeIdmap, type IdmapProbe } from "./mounting/idmap-probe.js";
 export type { MountSpec, MountStrategy } from "./mounting/validate.js";
 export { diff, type Change, type DiffLayers, type DiffOptions } from "./layers/diff.js";
 export { applyLayer, entryPath, LayerError, type ApplyLayerOptions, type ApplyLayerResult, type ApplyProgress, type LayerSource } from "./layers/apply.js";

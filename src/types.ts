@@ -78,4 +78,28 @@ export interface OverlayMount<P extends string | Buffer = string> extends MountI
   work?: P;
   /** Overlay feature options parsed from `superOptions`. */
   features: OverlayFeatures;
+  /**
+   * Layers the kernel holds as detached mounts (idmapped layers, `mount({ idmap })`), which the mount table
+   * cannot name: it prints such a layer by its path inside its own detached tree (`lowerdir+=/`), not by where
+   * it is. Absent when there are none. See `DetachedLayers`.
+   */
+  detached?: DetachedLayers;
+}
+
+/**
+ * Which layers of an overlay are detached mounts: indexes into `lower` and `data`.
+ *
+ * - From `mount()`: ovl made them, so `pathsKnown` is true and `lower`/`data` hold the real directories.
+ * - From `list()` (and `watch()`, `toOverlayMount()`): every layer the new mount API printed as exactly `/`
+ *   (`lowerdir+=/`, `datadir+=/`) is taken for a detached tree's root, since ovl never mounts the root
+ *   directory itself as a layer; `pathsKnown` is false and `lower[i]` stays the table's text (`/`), which names
+ *   no directory here. Nothing in the mount table, statmount or /proc says which directory a detached layer
+ *   was cloned from, or whether it is idmapped and how (an overlay made by another program with a real `/`
+ *   layer is reported the same way). `diff()`, `which()`, `stack()` of such a mount by its mount point refuse;
+ *   pass them the layers instead.
+ */
+export interface DetachedLayers {
+  lower: number[];
+  data: number[];
+  pathsKnown: boolean;
 }

@@ -101,6 +101,38 @@ describe("the native addon refuses bad arguments without crashing", () => {
     expect(await callSafely(() => addon.mountId("/a\0b", true))).toBe("threw");
   });
 
+  it("newUserns(), namespaceType(), openNamespace() and cloneIdmapped() take any input, and leave no fd or child", async () => {
+    const { readdirSync, readFileSync } = await import("node:fs");
+    const fds = readdirSync("/proc/self/fd").length;
+    const children = () => readFileSync(`/proc/self/task/${process.pid}/children`, "utf8").trim();
+    const before = children();
+    // What a call that happened to succeed handed over (an fd, or clone fds), closed again.
+    const closeResult = async (p: unknown) => {
+      const r = await Promise.resolve(p).catch(() => undefined);
+      for (const fd of Array.isArray(r) ? r : typeof r === "number" ? [r] : typeof (r as { fd?: number })?.fd === "number" ? [(r as { fd: number }).fd] : []) closeSync(fd as number);
+    };
+    const safely = async (fn: () => unknown) => {
+      let result: unknown;
+      const outcome = await callSafely(() => (result = fn()));
+      if (outcome === "settled") await closeResult(result);
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.anything(), fc.anything(), fc.anything(), async (x, y, z) => {
+        await safely(() => (addon.newUserns as Function)(x, y, z));
+        await safely(() => (addon.newUserns as Function)("0 100000 1\n", x, false));
+        await safely(() => (addon.namespaceType as Function)(x));
+        await safely(() => (addon.openNamespace as Function)(x));
+        await safely(() => (addon.cloneIdmapped as Function)(x, y));
+        await safely(() => (addon.cloneIdmapped as Function)([x], 0));
+      }),
+      { numRuns: 200 },
+    );
+    expect(await callSafely(() => addon.cloneIdmapped(new Array(1e7), 0))).toBe("threw");
+    expect(await callSafely(() => addon.openNamespace("/proc/self/ns/user\0x"))).toBe("threw");
+    expect(readdirSync("/proc/self/fd").length).toBe(fds);
+    expect(children()).toBe(before);
+  });
+
   it("readText() reads a whole /proc file, as Node's own reader does, in one call", async () => {
     const { readFileSync } = await import("node:fs");
     expect(await addon.readText("/proc/self/mountinfo")).toBe(readFileSync("/proc/self/mountinfo", "utf8"));

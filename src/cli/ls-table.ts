@@ -50,6 +50,14 @@ const dash = "-";
 const overlayOnly = (f: (m: OverlayMount, raw: boolean) => string) => (m: Mount, raw: boolean) => (isOverlayEntry(m) ? f(m, raw) : dash);
 const path = (p: string | undefined) => (p === undefined ? dash : p);
 
+/**
+ * A layer as a table shows it: a detached layer whose directory the mount table cannot name as
+ * `(detached)`, never as the `/` the kernel prints for it (which would read as the root directory).
+ */
+function shownLayer(m: OverlayMount, kind: "lower" | "data", i: number, p: string): string {
+  return m.detached && !m.detached.pathsKnown && m.detached[kind].includes(i) ? "(detached)" : layerName(p);
+}
+
 export const COLUMNS: readonly Column[] = [
   { name: "TARGET", header: "TARGET", help: "mount point", cell: (m) => m.target, cuttable: true },
   { name: "SOURCE", header: "SOURCE", help: "source (the name the mount was given)", cell: (m) => m.source || dash },
@@ -59,7 +67,7 @@ export const COLUMNS: readonly Column[] = [
     header: "LOWER (top first)",
     help: "lower layers, top-most first (Docker overlay2 short links as the layer ids they point to)",
     cell: overlayOnly((m, raw) => {
-      const all = [...m.lower.map(layerName), ...m.data.map((d) => `${layerName(d)} (data)`)];
+      const all = [...m.lower.map((l, i) => shownLayer(m, "lower", i, l)), ...m.data.map((d, i) => `${shownLayer(m, "data", i, d)} (data)`)];
       if (raw) return all.join(":");
       if (all.length > 4) return `${m.lower.length} layers${m.data.length ? ` + ${m.data.length} data` : ""}`;
       return all.join(" > ");

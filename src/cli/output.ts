@@ -55,9 +55,13 @@ export function access(m: MountInfo): "ro" | "rw" {
 }
 
 function layerSummary(m: OverlayMount): string {
-  const all = [...m.lower, ...m.data.map((d) => `${d} (data)`)];
+  const unknown = (kind: "lower" | "data", i: number) => !!m.detached && !m.detached.pathsKnown && m.detached[kind].includes(i);
+  const all = [
+    ...m.lower.map((l, i) => (unknown("lower", i) ? "(detached)" : printable(l))),
+    ...m.data.map((d, i) => `${unknown("data", i) ? "(detached)" : printable(d)} (data)`),
+  ];
   if (all.length > 4) return `${m.lower.length} layers${m.data.length ? ` + ${m.data.length} data` : ""}`;
-  return all.map((p) => printable(p)).join(" > ");
+  return all.join(" > ");
 }
 
 export function keyOptions(m: OverlayMount): string {

@@ -25,6 +25,8 @@ export interface NativeFailure {
   kernelLog?: string[];
   /** umountAt: the mount found where the expected one was not (0: none). */
   foundMountId?: number;
+  /** cloneIdmapped: statfs f_type of the filesystem of the layer the kernel refused (its index is `step`). */
+  fsMagic?: number;
 }
 
 /** A path as the addon takes it: a string (its UTF-8 bytes) or a Buffer (the bytes as they are). */
@@ -305,6 +307,22 @@ export interface NativeCalls {
    * beneath the root): its bytes, a failure, or `{ size }` when it is over `maxEach` bytes (to be streamed).
    */
   readFiles(rootFd: number, items: [dir: PathArg, name: PathArg][], maxEach: number): ReadFilesResult;
+  /**
+   * A new user namespace with these maps (each the text of one write to /proc/PID/uid_map or gid_map), as an
+   * fd: a child is cloned into it, its maps written (`setgroups` first set to "deny" if asked), its
+   * /proc/PID/ns/user opened, and the child reaped. A failure's `path` names the file the kernel refused.
+   */
+  newUserns(uidMap: string, gidMap: string, denySetgroups: boolean): number;
+  /** The CLONE_NEW* type of the namespace an fd holds (ioctl NS_GET_NSTYPE; ENOTTY: not a namespace). */
+  namespaceType(fd: number): number;
+  /** Opens a namespace file (e.g. /proc/PID/ns/user) for reading, and its CLONE_NEW* type from that fd. */
+  openNamespace(path: PathArg): { fd: number; type: number };
+  /**
+   * A detached clone of the directory each fd holds (open_tree OPEN_TREE_CLONE on the fd itself), idmapped to
+   * `usernsFd` (mount_setattr MOUNT_ATTR_IDMAP): attached nowhere, alive as long as its fd, which is the
+   * caller's to close. On a failure none is left open; `step` is the index refused, `fsMagic` its filesystem.
+   */
+  cloneIdmapped(fds: number[], usernsFd: number): number[];
 }
 
 type Async<T> = { [K in keyof T]: T[K] extends (...a: infer A) => infer R ? (...a: A) => Promise<R> : never };

@@ -257,6 +257,15 @@ export async function overlayServing(dir: string, path = dir): Promise<OverlayMo
 
 /** Layers must be readable from here: absolute, and not hidden under the overlay itself. */
 function checkLayersReadable(m: OverlayMount): void {
+  if (m.detached && !m.detached.pathsKnown) {
+    const i = m.detached.lower[0];
+    const which = i !== undefined ? `lower layer ${i + 1}` : `data layer ${m.detached.data[0]! + 1}`;
+    throw layerError(
+      "EINVAL",
+      `${which} of the overlay at ${m.target} is a detached mount (an idmapped layer): the mount table shows it as '/', its path inside its own detached tree, and names no directory it came from`,
+      { syscall: "open", path: m.target, dest: m.target, hint: "pass the layers themselves: diff({ upper, lower }), or ovl diff --upper U --lower L" },
+    );
+  }
   const layers = [...(m.upper !== undefined ? [m.upper] : []), ...m.lower, ...m.data];
   for (const layer of layers) {
     if (/^\/proc\/(self|thread-self|\d+)\/fd\//.test(layer)) {

@@ -16,6 +16,7 @@
 import type { MountFlags } from "./flags.js";
 import { splitLowerdir, unescapeOverlayPath } from "./overlay-options.js";
 import type { OverlayOptions } from "../types.js";
+import { IdmapSyntaxError, type IdmapSpec, parseIdmap } from "./idmap.js";
 
 /** What an `-o` string says: layers (only those it names), overlay options and generic flags. */
 export interface ParsedMountOptions {
@@ -31,6 +32,8 @@ export interface ParsedMountOptions {
   options: OverlayOptions;
   /** Generic mount flags that are set (only `true` entries). */
   flags: MountFlags;
+  /** `X-mount.idmap=` (util-linux's spelling): idmapped lower layers. */
+  idmap?: IdmapSpec;
 }
 
 /** A bad `-o` string: a usage error, with Node's code for a bad argument value. */
@@ -159,11 +162,26 @@ export function parseMountOptions(text: string | readonly string[]): ParsedMount
   const appendedData: string[] = [];
   let upper: string | undefined;
   let work: string | undefined;
+  let idmap: IdmapSpec | undefined;
 
   for (const opt of strings.flatMap(splitOptionString)) {
     const eq = opt.indexOf("=");
     const key = eq === -1 ? opt : opt.slice(0, eq);
     const value = eq === -1 ? undefined : opt.slice(eq + 1);
+
+    if (key === "X-mount.idmap") {
+      try {
+        idmap = parseIdmap(value ?? "");
+      } catch (e) {
+        if (!(e instanceof IdmapSyntaxError)) throw e;
+        throw new MountOptionError(
+          opt,
+          `mount option '${opt}': ${(e as IdmapSyntaxError).rule}`,
+          "X-mount.idmap=0:100000:65536 (uids and gids), X-mount.idmap='u:0:100000:65536 g:0:100000:65536', or X-mount.idmap=/proc/PID/ns/user",
+        );
+      }
+      continue;
+    }
 
     if (LAYER_KEYS.includes(key)) {
       if (value === undefined || value === "") {
@@ -231,5 +249,6 @@ export function parseMountOptions(text: string | readonly string[]): ParsedMount
   if (data.length > 0) parsed.data = data;
   if (upper !== undefined) parsed.upper = upper;
   if (work !== undefined) parsed.work = work;
+  if (idmap !== undefined) parsed.idmap = idmap;
   return parsed;
 }

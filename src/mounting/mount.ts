@@ -19,7 +19,7 @@
  * the result of mount() names them by their real paths.
  */
 import { closeSync } from "node:fs";
-import { constants } from "node:os";
+import { constants, release } from "node:os";
 import { basename, dirname, resolve } from "node:path";
 import { OverlayError, describeErrno, fromNative, invalidArgType } from "../kernel/errors.js";
 import { legacyMountFlags, mountAttrFlags, superblockFlagNames } from "./flags.js";
@@ -40,6 +40,7 @@ import {
 import { escapeLowerdirPath, escapeUpperWorkPath, featureOptionStrings, toOverlayMount } from "./overlay-options.js";
 import { mountInfoFromStatmount } from "../table/statmount.js";
 import { inUserNamespace, overflowIds } from "../kernel/userns.js";
+import { idmapLayerError, usernsForMount } from "./idmap.js";
 import type { MountInfo, OverlayMount, OverlayOptions } from "../types.js";
 import {
   type CheckedSpec,
@@ -130,13 +131,17 @@ function layerKeys(spec: CheckedSpec): [key: string, role: OpenedRole][] {
   ];
 }
 
-function fsConfigPlan(spec: CheckedSpec, byFd: boolean): PlannedStep[] {
+/** Layers handed over as other fds than their own: the detached, idmapped clone of each, by role. */
+type LayerFds = Map<OpenedRole, number>;
+
+function fsConfigPlan(spec: CheckedSpec, byFd: boolean, clones?: LayerFds): PlannedStep[] {
   const plan: PlannedStep[] = [{ step: [FsConfigKind.String, "source", spec.source], label: "source" }];
   for (const [key, role] of layerKeys(spec)) {
+    const clone = clones?.get(role);
     plan.push({
-      step: byFd ? [FsConfigKind.Fd, key, role.fd] : [FsConfigKind.String, key, magicLink(role)],
+      step: byFd ? [FsConfigKind.Fd, key, clone ?? role.fd] : [FsConfigKind.String, key, magicLink(role)],
       role,
-      label: role.label,
+      label: clone !== undefined ? `${role.label} (a detached idmapped mount of it)` : role.label,
     });
   }
   for (const opt of featureOptionStrings(spec.options)) {
@@ -191,8 +196,8 @@ interface NewMount {
   warnings: string[];
 }
 
-function* mountByFsConfig(spec: CheckedSpec, byFd: boolean): Plan<NewMount> {
-  const plan = fsConfigPlan(spec, byFd);
+function* mountByFsConfig(spec: CheckedSpec, byFd: boolean, clones?: LayerFds): Plan<NewMount> {
+  const plan = fsConfigPlan(spec, byFd, clones);
   try {
     const r = yield* nativeCall(
       "fsMount",
@@ -273,11 +278,16 @@ function* describe(made: NewMount, spec: CheckedSpec, strategy: KernelStrategy):
     }
   }
   const entry = toOverlayMount(info);
-  if (strategy !== "fd") {
-    // Passed as magic links, the table shows the layers as `/proc/self/fd/N`: name them by the real paths the
-    // kernel held for the fds when they were checked.
+  if (strategy !== "fd" || spec.idmap) {
+    // Passed as magic links, the table shows the layers as `/proc/self/fd/N`, and detached (idmapped) layers
+    // as `/`: name them by the real paths the kernel held for the fds when they were checked.
     entry.lower = spec.lowerDirs.map((r) => r.real);
     entry.data = spec.dataDirs.map((r) => r.real);
+  }
+  if (spec.idmap) {
+    entry.detached = { lower: spec.lowerDirs.map((_, i) => i), data: spec.dataDirs.map((_, i) => i), pathsKnown: true };
+  } else {
+    delete entry.detached; // ovl passed every layer itself: a `/` in the table is the real root
   }
   if (spec.upperDir && spec.workDir) {
     // Passed as fds, upperdir/workdir show as the kernel's own paths for them, literally (no escapes).
@@ -436,6 +446,8 @@ export class MountedOverlay implements OverlayMount, AsyncDisposable {
   declare upper?: string;
   declare work?: string;
   declare features: OverlayMount["features"];
+  /** The layers handed over as detached, idmapped mounts (`idmap`), by index; `lower`/`data` name them. */
+  declare detached?: OverlayMount["detached"];
   /** The path fields whose bytes are not UTF-8 (shown with U+DC80-U+DCFF), when there are any. */
   declare nonUtf8?: string[];
   /** The kernel's unique 64-bit mount id (6.8+), which is never reused; absent on older kernels. */
@@ -532,6 +544,7 @@ function* mountPlan(spec: unknown): Plan<MountedOverlay> {
   const shaped = withRootlessDefaults(checkSpecShape(spec));
   const req = openRequest(shaped);
   const opened = yield* nativeCall("openPaths", req.paths, req.list, req.probes, req.table);
+  const extraFds: number[] = []; // opened for this mount beyond the paths: a user namespace, the clones
   try {
     const checked = checkOpened(shaped, req, opened);
     let strategy: KernelStrategy;
@@ -539,7 +552,18 @@ function* mountPlan(spec: unknown): Plan<MountedOverlay> {
     else {
       strategy = yield* strategyPlan(checked.targetDir.fd);
     }
-    const made = strategy === "legacy" ? yield* mountByLegacy(checked) : yield* mountByFsConfig(checked, strategy === "fd");
+    let clones: LayerFds | undefined;
+    if (checked.idmap) {
+      if (strategy !== "fd") {
+        throw new OverlayError(
+          "ENOSYS",
+          `idmapped layers need overlay to take layers as file descriptors (Linux 6.13+); this kernel (Linux ${release()}) takes them only as ${strategy === "string" ? "path strings" : "a mount(2) option string"}`,
+          { syscall: "fsconfig", path: decodeBytes(checked.target), dest: decodeBytes(checked.target) },
+        );
+      }
+      clones = yield* idmappedClones(checked, extraFds);
+    }
+    const made = strategy === "legacy" ? yield* mountByLegacy(checked) : yield* mountByFsConfig(checked, strategy === "fd", clones);
     try {
       const entry = yield* describe(made, checked, strategy);
       return new MountedOverlay(entry, made.unique ? made.id : undefined, strategy, [...rootlessWarnings(checked), ...made.warnings]);
@@ -550,7 +574,38 @@ function* mountPlan(spec: unknown): Plan<MountedOverlay> {
     }
   } finally {
     for (const p of opened.paths) if (p.fd !== undefined) closeSync(p.fd);
+    for (const fd of extraFds) closeSync(fd);
   }
+}
+
+/**
+ * A detached, idmapped clone of each lower and data layer, made from the fd that was checked (never its path
+ * again). The fds go into `extraFds` (closed by the caller, which frees the clones: they are attached nowhere).
+ */
+function* idmappedClones(spec: CheckedSpec, extraFds: number[]): Plan<LayerFds> {
+  const ns = yield* usernsForMount(spec.idmap!);
+  if (ns.owned) extraFds.push(ns.fd);
+  const layers = [...spec.lowerDirs, ...spec.dataDirs];
+  let clones: number[];
+  try {
+    clones = yield* nativeCall("cloneIdmapped", layers.map((r) => r.fd), ns.fd);
+  } catch (e) {
+    const f = e as NativeFailure;
+    if (typeof f !== "object" || f === null || typeof f.errno !== "number") throw e; // a TypeError of the addon's
+    const role = layers[f.step ?? 0]!;
+    // The filesystem by name (statmount: `ext2` where statfs says only ext2/3/4), where the kernel can say.
+    let fsType: string | undefined;
+    if (role.facts.uniqueMountId) {
+      try {
+        fsType = (yield* nativeCall("statMount", role.facts.mountId, 512)).fsType;
+      } catch {
+        // no statmount (before 6.8): the f_type number alone
+      }
+    }
+    throw idmapLayerError(f, role, { ...(fsType !== undefined ? { fsType } : {}) }, spec.target);
+  }
+  extraFds.push(...clones);
+  return new Map(layers.map((r, i) => [r, clones[i]!]));
 }
 
 /** Mounts an overlay after checking every rule the kernel would apply, naming the path that broke one. */

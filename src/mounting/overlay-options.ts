@@ -23,7 +23,7 @@
  *   userxattr, verity. `volatile` is an alias of `fsync=volatile`; 6.18 also takes `fsync=auto`
  *   (the default, never shown) and `fsync=strict` (shown as `fsync=strict`). Older kernels show `volatile`.
  */
-import type { MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "../types.js";
+import type { DetachedLayers, MountInfo, OverlayFeatures, OverlayMount, OverlayOptions } from "../types.js";
 
 /** The layers and features of an overlay, as read from its super options. */
 export interface OverlayLayers {
@@ -154,7 +154,33 @@ export function toOverlayMount(info: MountInfo): OverlayMount {
   const mount: OverlayMount = { ...info, lower, data, features };
   if (upper !== undefined) mount.upper = upper;
   if (work !== undefined) mount.work = work;
+  const detached = detachedLayers(info.superOptions, lower.length, data.length);
+  if (detached) mount.detached = detached;
   return mount;
+}
+
+/**
+ * Layers passed one by one (`lowerdir+=`, `datadir+=`) that the kernel prints as `/`: a detached tree's own
+ * root (an idmapped layer). Only when those options are what the layers were parsed from (a legacy
+ * `lowerdir=` after them replaces them, and prints what was typed).
+ */
+function detachedLayers(superOptions: string[], nLower: number, nData: number): DetachedLayers | undefined {
+  const lower: number[] = [];
+  const data: number[] = [];
+  let li = 0;
+  let di = 0;
+  for (const o of superOptions) {
+    if (o.startsWith("lowerdir=")) return undefined;
+    if (o.startsWith("lowerdir+=")) {
+      if (o === "lowerdir+=/") lower.push(li);
+      li++;
+    } else if (o.startsWith("datadir+=")) {
+      if (o === "datadir+=/") data.push(di);
+      di++;
+    }
+  }
+  if (li !== nLower || di !== nData || lower.length + data.length === 0) return undefined;
+  return { lower, data, pathsKnown: false };
 }
 
 /**

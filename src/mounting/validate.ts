@@ -8,6 +8,7 @@ import { type PathLike, checkPathLike, decodeBytes, nativePath } from "../kernel
 import { parseMountInfoBytes } from "../table/mountinfo.js";
 import type { FdFacts, OpenPathsResult, ProbeFacts } from "../kernel/native.js";
 import { toOverlayMount, unescapeOverlayPath } from "./overlay-options.js";
+import { type CheckedIdmap, type IdmapSpec, checkIdmapSpec } from "./idmap.js";
 import type { OverlayOptions } from "../types.js";
 
 /** How the overlay is handed to the kernel; `auto` picks the best the kernel has. */
@@ -43,6 +44,14 @@ export interface MountSpec {
    * default; `ovl mount` and `ovl run` turn it on.
    */
   refuseInUse?: boolean;
+  /**
+   * Idmap the lower and data layers: each is cloned as a detached mount from the fd ovl checked, idmapped to
+   * this user namespace (`mount_setattr(MOUNT_ATTR_IDMAP)`) and handed to the kernel by fd, so the merged view
+   * shows its owners mapped (with `{ uidMap: [[0, 100000, 65536]] }` a root-owned file shows as 100000) and a
+   * copy-up writes the mapped owner to the upper layer. Nothing but the overlay is ever attached. Upper and
+   * work are not idmapped (see the README). Needs the `fd` strategy (Linux 6.13+).
+   */
+  idmap?: IdmapSpec;
 }
 
 /**
@@ -60,6 +69,7 @@ export interface ShapedSpec {
   source: string;
   strategy: MountStrategy;
   refuseInUse: boolean;
+  idmap?: CheckedIdmap;
 }
 
 /** One path of a spec, opened once: the fd everything is done through, and the facts read from it. */
@@ -190,6 +200,14 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
   if (!["auto", "fd", "string", "legacy"].includes(strategy as string)) {
     throw invalidArgValue("spec.strategy", strategy, `must be one of "auto", "fd", "string", "legacy"`);
   }
+  const idmap = s.idmap === undefined ? undefined : checkIdmapSpec(s.idmap);
+  if (idmap && (strategy === "string" || strategy === "legacy")) {
+    throw invalidArgValue(
+      "spec.strategy",
+      strategy,
+      "cannot be combined with spec.idmap: an idmapped layer is a detached mount, which the kernel takes only as an fd (the `fd` strategy)",
+    );
+  }
   const fail = (code: string, detail: string, path?: string, hint?: string) => mountError(code, detail, target, path, hint);
   if (lower.length === 0) throw fail("EINVAL", "at least one lower layer is required");
   if (lower.length + data.length > MAX_LAYERS) {
@@ -218,6 +236,7 @@ export function checkSpecShape(spec: unknown): ShapedSpec {
     source,
     strategy: strategy as MountStrategy,
     refuseInUse: s.refuseInUse === true,
+    ...(idmap ? { idmap } : {}),
   };
 }
 

@@ -33,12 +33,17 @@ export function addMountCommand(command: CommandFactory): void {
     .option("--work <dir>", "work directory: empty, on the same mount as --upper")
     .addOption(new Option("--data <dir>", "data-only lower layer (repeatable)").argParser(collect))
     .option("-r, --read-only", "mount read-only")
+    .option(
+      "--idmap <map>",
+      "idmap the lower layers (detached, never attached), as mount(8)'s X-mount.idmap: inside:outside:count for uids and gids " +
+        "(0:100000:65536), 'u:... g:...' entries, or a user namespace file (/proc/PID/ns/user)",
+    )
     .addOption(
       new Option(
         "-o, --options <list>",
         "mount(8) options: lowerdir=A:B,upperdir=U,workdir=W, overlay features (redirect_dir=, index=, xino=, " +
-          "metacopy=, volatile, userxattr, uuid=, verity=, nfs_export=, default_permissions) and flags (ro, nosuid, " +
-          "nodev, noexec, noatime, ...); `\\` escapes `:` `,` `\\` in paths",
+          "metacopy=, volatile, userxattr, uuid=, verity=, nfs_export=, default_permissions), flags (ro, nosuid, " +
+          "nodev, noexec, noatime, ...) and X-mount.idmap= (as --idmap); `\\` escapes `:` `,` `\\` in paths",
       ).argParser(collect),
     )
     .addOption(new Option("-t, --types <type>", "filesystem type, as mount(8); only 'overlay'").hideHelp())

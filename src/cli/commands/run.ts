@@ -36,8 +36,10 @@ async function runSpecFromCli(opts: RunCliOptions, checkRunSpec: (spec: RunSpec)
     ...(opts.data ? { data: opts.data } : {}),
     ...(opts.readOnly ? { readOnly: true } : {}),
     ...(opts.options ? { options: opts.options } : {}),
+    ...(opts.idmap !== undefined ? { idmap: opts.idmap } : {}),
   });
   void _target;
+  if (spec.idmap && "usernsPath" in spec.idmap) throw runIdmapPathError();
   const run: RunSpec = {
     ...spec,
     ...(opts.tmp || opts.tmpfs !== undefined ? { tmp: true } : {}),
@@ -46,6 +48,13 @@ async function runSpecFromCli(opts: RunCliOptions, checkRunSpec: (spec: RunSpec)
   checkRunSpec(run);
   return { spec: run, command };
 }
+
+/** The run mounts inside its own pid namespace, whose /proc has none of the host's processes. */
+const runIdmapPathError = () =>
+  new UsageError(
+    "ovl run --idmap takes maps, not a user namespace file: the run mounts inside its own pid namespace, where /proc/PID of a host process does not exist",
+    "ovl run --idmap 0:100000:65536 (or 'u:... g:...'); for an existing user namespace, ovl mount --idmap /proc/PID/ns/user",
+  );
 
 /** `--image NAME`: its layers as the lower ones, a throwaway upper (unless --upper), its config's command. */
 async function imageRunSpec(opts: RunCliOptions, checkRunSpec: (spec: RunSpec) => void, command: string[]): Promise<{ spec: RunSpec; command: string[] }> {
@@ -61,11 +70,15 @@ async function imageRunSpec(opts: RunCliOptions, checkRunSpec: (spec: RunSpec) =
     const cmd = command.length > 0 ? command : defaults.command;
     if (cmd.length === 0) throw new UsageError(`image '${opts.image}' names no command (Entrypoint/Cmd): give one`, `ovl run --image ${opts.image} -- COMMAND`);
     const writable = opts.upper !== undefined || opts.work !== undefined;
+    const { idmapFromCli } = await import("../mount-spec.js");
+    const idmap = opts.idmap !== undefined ? idmapFromCli(opts.idmap) : undefined;
+    if (idmap && "usernsPath" in idmap) throw runIdmapPathError();
     const spec: RunSpec = {
       lower,
       ...(opts.upper !== undefined ? { upper: opts.upper } : {}),
       ...(opts.work !== undefined ? { work: opts.work } : {}),
       ...(opts.readOnly ? { readOnly: true } : {}),
+      ...(idmap ? { idmap } : {}),
       ...(!writable ? { tmp: true } : {}),
       ...(opts.tmpfs !== undefined ? { tmpfsSize: opts.tmpfs } : {}),
       rootfs: { env: defaults.env, workingDir: defaults.workingDir },
@@ -98,7 +111,8 @@ export function addRunCommand(command: CommandFactory): void {
     .option("--work <dir>", "work directory: empty, on the same mount as --upper")
     .addOption(new Option("--data <dir>", "data-only lower layer (repeatable), as on ovl mount").argParser(collect))
     .option("-r, --read-only", "mount read-only")
-    .addOption(new Option("-o, --options <list>", "mount(8) options, as on ovl mount (lowerdir=, upperdir=, overlay features, flags)").argParser(collect))
+    .addOption(new Option("-o, --options <list>", "mount(8) options, as on ovl mount (lowerdir=, upperdir=, overlay features, flags, X-mount.idmap=)").argParser(collect))
+    .option("--idmap <map>", "idmap the lower layers, as on ovl mount: inside:outside:count (0:100000:65536) or 'u:... g:...' entries")
     .option("--tmp", "upper and work on a tmpfs that ends with the run: the changes are thrown away")
     .option("--tmpfs <size>", "--tmp, with a tmpfs of at most SIZE (bytes, or with k, m, g: 64m; or a share of RAM: 10%)")
     .option("--image <name>", "an image of the store (ovl image import) as the layers and the root directory; its Entrypoint/Cmd, Env and WorkingDir when no command is given; a throwaway upper unless --upper")
