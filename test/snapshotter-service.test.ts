@@ -4,7 +4,7 @@
  * shapes) is checked here call by call; test/snapshotter.test.ts drives it with a real containerd.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type * as GrpcJs from "@grpc/grpc-js";
 import { afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -12,7 +12,8 @@ import { loadGrpc } from "../src/snapshotter/grpc.js";
 import { MOUNT_DATA_MAX, planMounts } from "../src/snapshotter/mounts.js";
 import { serveSnapshotter, type Snapshotter } from "../src/snapshotter/server.js";
 import { CODE } from "../src/snapshotter/service.js";
-import { mountsUnder, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
+import { list as listMounts } from "../src/index.js";
+import { mountsUnder, rawMounts, requirePrivateMountNamespace, scratch, type Scratch } from "./helpers.js";
 
 interface Mount {
   type: string;
@@ -210,6 +211,53 @@ describe("the snapshots service", () => {
     await call("Remove", { key: "v" });
     expect(mountsUnder(join(root, "mounts"))).toEqual([]);
   }, 120_000);
+
+  it("remapped snapshots (containerd's uidmapping/gidmapping labels): idmapped layers, only the overlay attached", async () => {
+    expect(served!.remapIds).toEqual({ supported: true });
+    const top = await chain(2);
+    const layer0 = join(root, "snapshots", "1", "fs", "l0");
+    const before = rawMounts().length;
+    const labels = { "containerd.io/snapshot/uidmapping": "0:100000:65536", "containerd.io/snapshot/gidmapping": "0:200000:65536" };
+    const { mounts } = await call("Prepare", { key: "remapped", parent: top, labels });
+    expect(mounts).toEqual([{ type: "bind", source: expect.stringMatching(/\/mounts\/[0-9a-f]+$/), target: "", options: ["rw", "rbind"] }]);
+    const merged = mounts[0].source as string;
+    // The layers' root-owned files show as the container's root on the host; the layer itself is unchanged.
+    expect([statSync(join(merged, "l0")).uid, statSync(join(merged, "l0")).gid]).toEqual([100000, 200000]);
+    expect([statSync(merged).uid, statSync(merged).gid]).toEqual([100000, 200000]);
+    expect([statSync(layer0).uid, statSync(layer0).gid]).toEqual([0, 0]);
+    // The container's root (100000 on the host) writes through containerd's bind of it (the store's own
+    // directories are root's, 0700): the copy-up and the new file are its own in the upper.
+    chmodSync(s.dir, 0o755);
+    const rootfs = s.path("rootfs");
+    mountAsContainerd(mounts, rootfs);
+    execFileSync("setpriv", ["--reuid=100000", "--regid=200000", "--clear-groups", "sh", "-c", `echo changed >> ${rootfs}/l0 && echo new > ${rootfs}/new`]);
+    umount(rootfs);
+    const [m] = await listMounts({ target: merged });
+    expect(m!.target).toBe(merged);
+    expect(m!.detached?.pathsKnown).toBe(false); // the table shows idmapped layers as lowerdir+=/
+    const upper = m!.upper!;
+    expect([statSync(join(upper, "l0")).uid, statSync(join(upper, "new")).uid]).toEqual([100000, 100000]);
+    expect(readFileSync(layer0, "utf8")).toBe("layer 0\n");
+    // Nothing attached but the overlay: one mount more than before, none for the layers.
+    expect(rawMounts().length).toBe(before + 1);
+    expect(mountsUnder(root).map((x) => x.fstype)).toEqual(["overlay"]);
+    // Mounts again: the same; a view of it remapped too; commit takes the mount down.
+    expect((await call("Mounts", { key: "remapped" })).mounts).toEqual(mounts);
+    await call("Commit", { name: "R", key: "remapped" });
+    expect(rawMounts().length).toBe(before);
+    // A view of it, remapped the same way: the image's files show as the container's root; what the
+    // container wrote is stored with its host id (as containerd's remapped snapshots keep it), which the map
+    // does not cover, so it shows as the overflow id.
+    const v = await call("View", { key: "rv", parent: "R", labels });
+    expect(statSync(join(v.mounts[0].source, "l1")).uid).toBe(100000);
+    expect(statSync(join(v.mounts[0].source, "new")).uid).toBe(65534);
+    await call("Remove", { key: "rv" });
+    expect(rawMounts().length).toBe(before);
+    // Bad labels are refused before anything is made.
+    expect(await codeOf(call("Prepare", { key: "bad", parent: top, labels: { "containerd.io/snapshot/uidmapping": "0:100000" , "containerd.io/snapshot/gidmapping": "0:1:1" } }))).toBe(CODE.INVALID_ARGUMENT);
+    expect(await codeOf(call("Prepare", { key: "bad", parent: top, labels: { "containerd.io/snapshot/uidmapping": "0:100000:65536" } }))).toBe(CODE.INVALID_ARGUMENT);
+    expect(await codeOf(call("Stat", { key: "bad" }))).toBe(CODE.NOT_FOUND);
+  }, 60_000);
 
   it("one instance per store: a second is refused while the first serves, and may start once it stopped", async () => {
     const other = s.path("other.sock");

@@ -193,6 +193,23 @@ describe("prepare, view, mounts, dir", () => {
     expect(mountsUnder(s.dir)).toEqual([]);
   });
 
+  it("mounts(key, { idmap }): the spec idmaps the layers, and mount() of it shows them with the mapped owners", async () => {
+    const [target] = s.dirs("mnt");
+    const w = await store.prepare("w");
+    writeFileSync(join(w.upper!, "file"), "x"); // root's, in the layer
+    await store.commit("base", "w");
+    await store.prepare("c", "base");
+    const idmap = { uidMap: [[0, 100000, 65536]] as [number, number, number][] };
+    const spec = await store.mounts("c", { idmap });
+    expect(spec.idmap).toEqual(idmap);
+    const mo = await mount({ ...spec, target: target! });
+    expect(lstatSync(join(target!, "file")).uid).toBe(100000);
+    expect(lstatSync(join(await store.dir("base"), "file")).uid).toBe(0);
+    await mo.unmount();
+    await expect(store.mounts("c", { idmap: { uidMap: [[0, 1, 0]] } as never })).rejects.toMatchObject({ code: "ERR_INVALID_ARG_VALUE" });
+    expect(mountsUnder(s.dir)).toEqual([]);
+  });
+
   it("commit of a mounted active snapshot is allowed (containerd leaves that to the caller)", async () => {
     const [target] = s.dirs("mnt");
     const m = await store.prepare("w");

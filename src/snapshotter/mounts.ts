@@ -38,6 +38,11 @@ export interface PlanOptions {
   userxattr?: boolean;
   /** The data page's limit (tests make it small). */
   dataMax?: number;
+  /**
+   * The layers are to be idmapped: only ovl can mount that without attaching each layer somewhere (containerd
+   * attaches idmapped binds of every layer under temporary directories), so ovl mounts it.
+   */
+  idmapped?: boolean;
 }
 
 /** A character mount(2)'s overlay options cannot carry in a path without escaping, which containerd does not do. */
@@ -49,6 +54,8 @@ export function planMounts(spec: SnapshotMounts, opts: PlanOptions): MountPlan {
   const lowers = spec.lower.filter((l) => l !== opts.empty);
   const ro = active ? "rw" : "ro";
   const bind = (source: string): MountPlan => ({ kind: "plain", mounts: [{ type: "bind", source, target: "", options: [ro, "rbind"] }] });
+  // Idmapped, even a lone layer is an overlay (with the store's empty filler layer), each layer idmapped.
+  if (opts.idmapped) return { kind: "self", spec, readonly: !active, why: "its layers are idmapped" };
   // One layer and nothing else: a bind of it (an active snapshot without parent is its own upper).
   if (active && lowers.length === 0) return bind(spec.upper!);
   if (!active && lowers.length === 1) return bind(lowers[0]!);

@@ -25,6 +25,11 @@ export interface SnapshotterOptions {
 export interface Snapshotter {
   readonly address: string;
   readonly root: string;
+  /**
+   * Whether remapped snapshots (containerd's `remap-ids` capability, its uidmapping/gidmapping labels) work
+   * here: idmapped layers probed on the store's filesystem at start.
+   */
+  readonly remapIds: { supported: true } | { supported: false; error: Error };
   /** Stops taking calls, lets those under way finish, closes the store, removes the socket. */
   close(): Promise<void>;
 }
@@ -111,12 +116,15 @@ export async function serveSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
     lock = lockRoot(root);
     mkdirSync(dirname(address), { recursive: true, mode: 0o755 });
     await clearStaleSocket(address);
+    const { probeIdmap } = await import("../mounting/idmap-probe.js");
+    const remapIds = await probeIdmap(root);
     const server = new grpc.Server({ "grpc.max_receive_message_length": 16 << 20 });
     server.addService(
       service,
       snapshotsService(store, join(root, "mounts"), {
         indexOff: existsSync("/sys/module/overlay/parameters/index"),
         userxattr: opts.userxattr ?? inUserNamespace(),
+        idmapSupport: async () => remapIds,
         ...(opts.log ? { log: opts.log } : {}),
       }) as never,
     );
@@ -128,6 +136,7 @@ export async function serveSnapshotter(opts: SnapshotterOptions): Promise<Snapsh
     return {
       address,
       root,
+      remapIds,
       close() {
         closing ??= (async () => {
           // Calls under way may finish (a commit's usage walk, a big List); after 10 s they are cut off.

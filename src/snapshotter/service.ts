@@ -5,9 +5,10 @@
  * `ROOT/mounts/`, and containerd gets a bind of them (src/snapshotter/mounts.ts decides which).
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, rmdirSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, readdirSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import type * as GrpcJs from "@grpc/grpc-js";
+import type { IdMapping, IdMaps } from "../mounting/idmap.js";
 import type { SnapshotInfo, SnapshotMounts, Store } from "../store/store.js";
 import { bindOf, type ContainerdMount, planMounts } from "./mounts.js";
 
@@ -75,6 +76,37 @@ export function wireInfo(i: SnapshotInfo): WireInfo {
   return { name: i.key, parent: i.parent ?? "", kind: KIND[i.kind], created_at: timestamp(i.created), updated_at: timestamp(i.updated), labels: i.labels };
 }
 
+/** containerd's labels asking for a remapped snapshot (its `remap-ids` capability): `CTR:HOST:LEN[,...]`. */
+export const UID_MAPPING_LABEL = "containerd.io/snapshot/uidmapping";
+export const GID_MAPPING_LABEL = "containerd.io/snapshot/gidmapping";
+
+function invalid(message: string): TypeError {
+  return Object.assign(new TypeError(message), { code: "ERR_INVALID_ARG_VALUE" });
+}
+
+function parseMapping(label: string, value: string): IdMapping[] {
+  return value.split(",").map((part) => {
+    const m = /^\s*(\d+):(\d+):(\d+)\s*$/.exec(part);
+    if (!m || Number(m[3]) === 0) throw invalid(`label ${label}=${JSON.stringify(value)}: each range must be CONTAINER:HOST:LENGTH with a length above 0`);
+    return [Number(m[1]), Number(m[2]), Number(m[3])] as IdMapping;
+  });
+}
+
+/** The id maps containerd's remapping labels ask for, if any (both labels, or neither). */
+export function idmapOfLabels(labels: Labels): IdMaps | undefined {
+  const uid = labels[UID_MAPPING_LABEL];
+  const gid = labels[GID_MAPPING_LABEL];
+  if (uid === undefined && gid === undefined) return undefined;
+  if (uid === undefined || gid === undefined) throw invalid(`labels ${UID_MAPPING_LABEL} and ${GID_MAPPING_LABEL} go together; only one was given`);
+  return { uidMap: parseMapping(UID_MAPPING_LABEL, uid), gidMap: parseMapping(GID_MAPPING_LABEL, gid) };
+}
+
+/** The host id that id 0 of the container maps to, if it is mapped. */
+function hostRoot(map: IdMapping[]): number | undefined {
+  const r = map.find(([inside, , count]) => inside === 0 && count > 0);
+  return r?.[1];
+}
+
 /** An empty `parent` on the wire is none. */
 const parentOf = (p: string | undefined) => (p === undefined || p === "" ? undefined : p);
 
@@ -88,6 +120,11 @@ export interface SnapshotServiceOptions {
   userxattr?: boolean;
   /** Failures that are not containerd's everyday NotFound / AlreadyExists, for the log. */
   log?: (line: string) => void;
+  /**
+   * Whether idmapped layers work on this store (src/mounting/idmap-probe.ts), asked once on the first
+   * remapped snapshot; a refusal is that snapshot's FailedPrecondition, naming the reason.
+   */
+  idmapSupport?: () => Promise<{ supported: true } | { supported: false; error: Error }>;
 }
 
 /**
@@ -129,6 +166,7 @@ class SelfMounts {
       await mountOverlay({
         lower: spec.lower,
         ...(spec.upper !== undefined ? { upper: spec.upper, work: spec.work! } : {}),
+        ...(spec.idmap !== undefined ? { idmap: spec.idmap } : {}),
         target: dir,
         options: { index: false },
         ...(readonly ? { flags: { readonly: true } } : {}),
@@ -171,9 +209,24 @@ export function snapshotsService(store: Store, mountsDir: string, opts: Snapshot
   const empty = join(store.root, "empty");
   const self = new SelfMounts(mountsDir);
 
-  /** The wire mounts of a snapshot, given the store's spec of it. */
-  async function mountsFor(key: string, spec: SnapshotMounts): Promise<ContainerdMount[]> {
-    const plan = planMounts(spec, { empty, indexOff: opts.indexOff ?? false, userxattr: opts.userxattr ?? false });
+  let idmapChecked: Promise<void> | undefined;
+  /** Refuses remapped snapshots where the kernel or the filesystem cannot idmap (probed once). */
+  function needIdmap(): Promise<void> {
+    idmapChecked ??= (async () => {
+      const r = opts.idmapSupport ? await opts.idmapSupport() : { supported: true as const };
+      if (!r.supported) {
+        throw Object.assign(new Error(`remapped snapshots need idmapped layers, which this store cannot have: ${r.error.message}`), { code: "ERR_OVL_STORE_KIND" });
+      }
+    })();
+    return idmapChecked;
+  }
+
+  /** The wire mounts of a snapshot, given the store's spec of it and its labels (remapping). */
+  async function mountsFor(key: string, base: SnapshotMounts, labels: Labels): Promise<ContainerdMount[]> {
+    const idmap = idmapOfLabels(labels);
+    if (idmap) await needIdmap();
+    const spec = idmap ? { ...base, idmap } : base;
+    const plan = planMounts(spec, { empty, indexOff: opts.indexOff ?? false, userxattr: opts.userxattr ?? false, idmapped: idmap !== undefined });
     if (plan.kind === "plain") return plan.mounts;
     return bindOf(await self.ensure(key, plan.spec, plan.readonly), plan.readonly);
   }
@@ -193,9 +246,18 @@ export function snapshotsService(store: Store, mountsDir: string, opts: Snapshot
     };
 
   const create = (kind: "prepare" | "view") => async (req: { key: string; parent: string; labels: Labels }) => {
+    const idmap = idmapOfLabels(req.labels); // a bad label is refused before anything is made
+    if (idmap) await needIdmap();
     const spec = await store[kind](req.key, parentOf(req.parent), { labels: req.labels });
     try {
-      return { mounts: await mountsFor(req.key, spec) };
+      if (idmap && spec.upper !== undefined) {
+        // As containerd's own remapping: the new upper's root belongs to the container's root on the host, so
+        // the merged root shows as the container's own (the layers below show their owners through the map).
+        const uid = hostRoot(idmap.uidMap);
+        const gid = hostRoot(idmap.gidMap ?? idmap.uidMap);
+        if (uid !== undefined && gid !== undefined) chownSync(spec.upper, uid, gid);
+      }
+      return { mounts: await mountsFor(req.key, spec, req.labels) };
     } catch (e) {
       // Nothing half-made: a snapshot containerd was not given mounts for is not kept.
       await store.remove(req.key).catch(() => undefined);
@@ -206,7 +268,10 @@ export function snapshotsService(store: Store, mountsDir: string, opts: Snapshot
   return {
     Prepare: unary("Prepare", create("prepare")),
     View: unary("View", create("view")),
-    Mounts: unary("Mounts", async (req: { key: string }) => ({ mounts: await mountsFor(req.key, await store.mounts(req.key)) })),
+    Mounts: unary("Mounts", async (req: { key: string }) => {
+      const spec = await store.mounts(req.key);
+      return { mounts: await mountsFor(req.key, spec, (await store.stat(req.key)).labels) };
+    }),
     Commit: unary("Commit", async (req: { name: string; key: string; labels: Labels }) => {
       // An overlay ovl mounted has the upper in use: it goes first (the layer must not change once committed).
       await self.release(req.key);

@@ -49,6 +49,7 @@ import {
 import { lstat, readdir, rm } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { invalidArgType, invalidArgValue } from "../kernel/errors.js";
+import { checkIdmapSpec, type IdmapSpec } from "../mounting/idmap.js";
 import { parseMountInfo } from "../table/mountinfo.js";
 import { MAX_CHAIN, MetaError, MetaStore, type ImageRow, type SnapshotRow, type Tx } from "./metadata.js";
 
@@ -82,6 +83,8 @@ export interface SnapshotMounts {
   lower: string[];
   upper?: string;
   work?: string;
+  /** With `mounts(key, { idmap })`: the lower layers idmapped (see `mount()`'s `idmap`). */
+  idmap?: IdmapSpec;
 }
 
 /** Disk use of a snapshot's own layer: `du`-like, st_blocks × 512 per inode, hard links counted once. */
@@ -117,8 +120,11 @@ export interface Store {
   prepare(key: string, parent?: string, opts?: { labels?: Record<string, string> }): Promise<SnapshotMounts>;
   /** A read-only snapshot of `parent` (committed). */
   view(key: string, parent?: string, opts?: { labels?: Record<string, string> }): Promise<SnapshotMounts>;
-  /** The mount spec of an active snapshot or a view (again). */
-  mounts(key: string): Promise<SnapshotMounts>;
+  /**
+   * The mount spec of an active snapshot or a view (again). With `idmap`, the spec says to idmap the layers
+   * (checked here, done by `mount()`: each layer a detached idmapped clone, nothing else attached).
+   */
+  mounts(key: string, opts?: { idmap?: IdmapSpec }): Promise<SnapshotMounts>;
   /** The directory of a snapshot's own layer (an active one's upper): where a layer is applied before commit. */
   dir(key: string): Promise<string>;
   /**
@@ -639,10 +645,14 @@ class SnapshotStore implements Store {
     return this.create("view", key, parent, opts);
   }
 
-  mounts(key: string): Promise<SnapshotMounts> {
+  mounts(key: string, opts?: { idmap?: IdmapSpec }): Promise<SnapshotMounts> {
     return this.op(() => {
       const k = checkKey(key, "key");
-      return this.meta().read((tx) => this.mountsOf(tx, tx.mustGet(k)));
+      if (opts !== undefined && (typeof opts !== "object" || opts === null)) throw invalidArgType("opts", "of type object", opts);
+      const idmap = opts?.idmap;
+      if (idmap !== undefined) checkIdmapSpec(idmap, "opts.idmap");
+      const spec = this.meta().read((tx) => this.mountsOf(tx, tx.mustGet(k)));
+      return idmap !== undefined ? { ...spec, idmap } : spec;
     }, true);
   }
 

@@ -36,6 +36,11 @@ export function addSnapshotterCommands(command: CommandFactory): void {
           root: opts.root ?? defaultStoreRoot(),
           log: (line) => console.error(`ovl: snapshotter: ${printable(line, { keepNewlines: false })}`),
         });
+        console.error(
+          s.remapIds.supported
+            ? "ovl: snapshotter: idmapped layers work here: remapped snapshots (containerd's capabilities = [\"remap-ids\"]) are served"
+            : `ovl: snapshotter: no remapped snapshots here (idmapped layers refused: ${printable(s.remapIds.error.message, { keepNewlines: false })})`,
+        );
         console.error(`ovl: snapshotter: serving on ${s.address}`);
         await new Promise<void>((done) => {
           const stop = (sig: NodeJS.Signals) => {
