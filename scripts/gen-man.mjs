@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Writes man/ovl.1 from the command line's own help (dist/cli.js must be built): `npm run man`.
+// Writes man/ovl.1 from the command line's own help, from dist/cli.js (`npm run man` builds it first).
 // test/docs.test.ts checks the committed page is what this writes.
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
