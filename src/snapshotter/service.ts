@@ -179,11 +179,15 @@ class SelfMounts {
   release(key: string): Promise<void> {
     return this.serial(key, async () => {
       const dir = this.pathOf(key);
-      if (!existsSync(dir)) return;
-      const { umount } = await import("../mounting/mount.js");
-      while (await SelfMounts.mountedAt(dir)) await umount(dir, { lazy: true });
-      rmdirSync(dir);
+      if (existsSync(dir)) await SelfMounts.takeDown(dir);
     });
+  }
+
+  /** Unmounts whatever ovl mounted at `dir` (detached, if containerd still has it busy), then removes it. */
+  private static async takeDown(dir: string): Promise<void> {
+    const { umount } = await import("../mounting/mount.js");
+    while (await SelfMounts.mountedAt(dir)) await umount(dir, { lazy: true });
+    rmdirSync(dir);
   }
 
   /** Releases every mount whose snapshot is gone (`keep` says which hashes still have one). */
@@ -192,10 +196,7 @@ class SelfMounts {
     const removed: string[] = [];
     for (const name of readdirSync(this.dir)) {
       if (keep.has(name)) continue;
-      const dir = join(this.dir, name);
-      const { umount } = await import("../mounting/mount.js");
-      while (await SelfMounts.mountedAt(dir)) await umount(dir, { lazy: true });
-      rmdirSync(dir);
+      await SelfMounts.takeDown(join(this.dir, name));
       removed.push(name);
     }
     return removed;
