@@ -373,7 +373,9 @@ describe("reading GNU tar's archives", () => {
     expect(got.find((r) => r.entry.name === "t/longlink")!.entry.linkname).toBe("z".repeat(150));
   });
 
-  it.skipIf(!REAL_ROOT)("GNU base-256 numbers, as --format=gnu writes a uid over 2^21 and a time before 1970", async () => {
+  // Owners over 2^21 can only be given as real root; under CI (root, always) it never skips.
+  if (!REAL_ROOT && !process.env.CI) console.log("skipping the GNU base-256 owner test: it needs real root (CI runs it)");
+  it.skipIf(!REAL_ROOT && !process.env.CI)("GNU base-256 numbers, as --format=gnu writes a uid over 2^21 and a time before 1970", async () => {
     const { archive } = await gnuArchive("gnu");
     const got = await readAll(archive);
     const big = got.find((r) => r.entry.name === "t/bigid")!.entry;
